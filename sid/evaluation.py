@@ -1,0 +1,376 @@
+"""Evaluate a run directory: full-ranking retrieval (+ rescoring) → metrics → report.
+
+eval.py parses arguments and calls `evaluate_run` / `compare_runs`. The report is written to
+`RUN/report/`: `metrics.json`, `report.md` (tables that read well on GitHub) and PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sid import metrics as M
+from sid.data import BUILTIN_DATASETS, LeaveOneOutSplit
+from sid.model import SIDRecModel
+from sid.retrieval import constrained_beam_search, teacher_forced_level_correct
+
+RECALL_KS = (1, 5, 10, 20)
+NDCG_KS = (5, 10, 20)
+
+
+def load_run_data(run_dir: Path) -> LeaveOneOutSplit:
+    """Rebuild the run's data split from its config.json."""
+    from sid.pipeline import DataArguments, load_data
+
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(
+            f"{config_path} not found: is {run_dir} a run directory of train.py?"
+        )
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path} is corrupt: {err}") from err
+    _, split = load_data(DataArguments(**config["data"]))
+    return split, config
+
+
+def left_pad(sequences: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences → (input_ids [B, T], attention_mask [B, T]), padded on the left."""
+    longest = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if len(seq):
+            ids[row, longest - len(seq) :] = seq
+            mask[row, longest - len(seq) :] = 1
+    return ids, mask
+
+
+def history_batch(
+    rec: SIDRecModel, split: LeaveOneOutSplit, users: np.ndarray, which: str, max_items: int
+):
+    """Left-padded token histories of kept users `users` + their history items (-1 padded)."""
+    sequences, histories = [], []
+    for u in users.tolist():
+        items, outcomes = split.history(u, which)
+        histories.append(torch.as_tensor(items, dtype=torch.long))
+        sequences.append(rec.history_tokens(items[-max_items:], outcomes[-max_items:]))
+    input_ids, mask = left_pad(sequences, rec.tokenizer.pad_token_id)
+    longest = max(len(h) for h in histories)
+    exclude = torch.full((len(users), max(1, longest)), -1, dtype=torch.long)
+    for row, h in enumerate(histories):
+        exclude[row, : len(h)] = h
+    return input_ids, mask, exclude
+
+
+def ranking_metrics(ranked: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    out = {f"recall@{k}": M.recall_at_k(ranked, gold, k) for k in RECALL_KS}
+    out.update({f"ndcg@{k}": M.ndcg_at_k(ranked, gold, k) for k in NDCG_KS})
+    out["mrr"] = M.mrr(ranked, gold)
+    return out
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    *,
+    split_name: str = "test",
+    num_beams: int = 20,
+    top_k: int = 20,
+    batch_size: int = 64,
+    outcome: str | None = None,
+    exclude_history: bool = True,
+    max_users: int | None = None,
+    rerank: bool = True,
+    device: str | None = None,
+    outcome_weights: dict[str, float] | None = None,
+    write_report: bool = True,
+) -> dict:
+    """Full-ranking evaluation of a trained run on the `split_name` targets."""
+    run_dir = Path(run_dir)
+    if split_name not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split_name!r}")
+    if top_k > num_beams:
+        raise ValueError(f"top_k={top_k} needs num_beams >= top_k, got num_beams={num_beams}")
+    split, config = load_run_data(run_dir)
+    rec = SIDRecModel.from_pretrained(run_dir, device=device)
+    if rec.sids.item_ids != split.data.item_ids:
+        raise ValueError(
+            f"{run_dir}: the semantic IDs' item catalogue differs from the dataset's; "
+            "the run was trained on other data"
+        )
+    max_items = int(config["model"]["max_items"])
+    if outcome is None:
+        # The most frequent train outcome; the gold outcome would leak the label.
+        counts = np.bincount(split.train_outcomes, minlength=len(split.data.outcome_labels))
+        outcome = split.data.outcome_labels[int(counts.argmax())]
+    rec.vocab.outcome_id(outcome)  # unknown label → clear error before any work
+
+    ranker = None
+    if rerank and (run_dir / "ranker" / "config.json").exists():
+        from sid.ranking import RankingHead
+
+        ranker = RankingHead.from_pretrained(run_dir / "ranker")
+        ranker.to(rec.device).eval()
+
+    users = np.arange(split.num_users)
+    if max_users:
+        users = users[:max_users]
+    gold_items = split.targets(split_name)[0][users]
+    gold_codes = rec.sids.codes[torch.as_tensor(gold_items)]
+    trie = rec.sids.trie.to(rec.device)
+    ranked, beam_codes, reranked, level_correct = [], [], [], []
+    batch_seconds, batch_sizes, rank_seconds = [], [], 0.0
+    with torch.inference_mode():
+        for start in range(0, len(users), batch_size):
+            batch = users[start : start + batch_size]
+            input_ids, mask, exclude = history_batch(rec, split, batch, split_name, max_items)
+            input_ids, mask = input_ids.to(rec.device), mask.to(rec.device)
+            t0 = time.perf_counter()
+            out = constrained_beam_search(
+                rec.lm,
+                rec.vocab,
+                trie,
+                input_ids,
+                mask,
+                num_beams=num_beams,
+                top_k=top_k,
+                outcome=outcome,
+                exclude_items=exclude.to(rec.device) if exclude_history else None,
+                return_states=ranker is not None,
+            )
+            batch_seconds.append(time.perf_counter() - t0)
+            batch_sizes.append(len(batch))
+            ranked.append(out.items.cpu())
+            beam_codes.append(out.codes.cpu())
+            if ranker is not None:
+                from sid.ranking import rank_candidates
+
+                t1 = time.perf_counter()
+                ranked_out = rank_candidates(
+                    ranker,
+                    rec.lm,
+                    rec.vocab,
+                    rec.sids,
+                    out.history_states,
+                    out.history_mask,
+                    out.items,
+                    beam_scores=out.scores,
+                    outcome_weights=outcome_weights,
+                )
+                rank_seconds += time.perf_counter() - t1
+                reranked.append(ranked_out.items.cpu())
+            level_correct.append(
+                teacher_forced_level_correct(
+                    rec.lm,
+                    rec.vocab,
+                    trie,
+                    input_ids,
+                    mask,
+                    gold_codes[start : start + batch_size].to(rec.device),
+                    outcome=outcome,
+                ).cpu()
+            )
+    ranked_np = torch.cat(ranked).numpy()
+    codes = torch.cat(beam_codes)
+    results: dict = {
+        "run": str(run_dir),
+        "split": split_name,
+        "users": int(len(users)),
+        "catalogue": int(split.data.num_items),
+        "num_beams": num_beams,
+        "top_k": top_k,
+        "outcome": outcome,
+        "exclude_history": exclude_history,
+        "retrieval": ranking_metrics(ranked_np, gold_items),
+    }
+    tf = torch.cat(level_correct).float().mean(dim=0)
+    results["per_level_accuracy"] = {
+        "teacher_forced": [round(float(x), 4) for x in tf.tolist()],
+        "beam": [round(float(x), 4) for x in M.beam_prefix_accuracy(codes, gold_codes)],
+    }
+    results["validity"] = {
+        "invalid_sid_rate": M.invalid_sid_rate(codes, rec.sids.trie),
+        "duplicate_rate": M.duplicate_rate(ranked_np),
+        **{f"coverage@{k}": M.coverage_at_k(ranked_np, split.data.num_items, k) for k in (10, 20)},
+    }
+    results["latency"] = {**M.latency_summary(batch_seconds, batch_sizes), "batch_size": batch_size}
+    if reranked:
+        results["latency"]["ranking_share"] = rank_seconds / (sum(batch_seconds) + rank_seconds)
+    histories = None
+    if exclude_history:
+        histories = left_pad(
+            [torch.as_tensor(split.history(u, split_name)[0]) for u in users.tolist()], -1
+        )[0]
+    popular = M.popularity_ranking(
+        split.train_items,
+        num_items=split.data.num_items,
+        k=top_k,
+        exclude=histories,
+        num_users=len(users),
+    ).numpy()
+    results["popularity"] = ranking_metrics(popular, gold_items)
+    if reranked:
+        results["retrieval+ranking"] = ranking_metrics(torch.cat(reranked).numpy(), gold_items)
+    results["codebook_health"] = config.get("codebook_health")
+    results["training"] = config.get("training")
+    if write_report:
+        write_report_files(run_dir / "report", results)
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def _table(rows: dict[str, dict], columns: list[str]) -> str:
+    head = "| | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
+    body = "".join(
+        f"| {name} | " + " | ".join(_fmt(values.get(c)) for c in columns) + " |\n"
+        for name, values in rows.items()
+    )
+    return head + body
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def metric_rows(results: dict) -> dict[str, dict]:
+    rows = {"popularity": results["popularity"], "retrieval": results["retrieval"]}
+    if "retrieval+ranking" in results:
+        rows["retrieval+ranking"] = results["retrieval+ranking"]
+    return rows
+
+
+def markdown_report(results: dict) -> str:
+    columns = [f"recall@{k}" for k in RECALL_KS] + [f"ndcg@{k}" for k in NDCG_KS] + ["mrr"]
+    levels = len(results["per_level_accuracy"]["teacher_forced"])
+    acc_rows = {
+        "teacher-forced": dict(
+            zip(
+                map(str, range(levels)),
+                results["per_level_accuracy"]["teacher_forced"],
+                strict=True,
+            )
+        ),
+        f"in top-{results['top_k']} beams": dict(
+            zip(map(str, range(levels)), results["per_level_accuracy"]["beam"], strict=True)
+        ),
+    }
+    lat = results["latency"]
+    lines = [
+        f"# Evaluation of `{Path(results['run']).name}`",
+        "",
+        f"{results['split']} targets of {results['users']} users, full ranking over "
+        f"{results['catalogue']} items; beam search with {results['num_beams']} beams, "
+        f"top-{results['top_k']}, outcome `{results['outcome']}`, history items "
+        f"{'excluded' if results['exclude_history'] else 'allowed'}.",
+        "",
+        "## Ranking quality",
+        "",
+        _table(metric_rows(results), columns),
+        "## Per-level SID accuracy",
+        "",
+        "Teacher-forced: the gold code is the arg-max among the valid children of the gold "
+        "prefix. Beam: the gold prefix up to that level is among the returned beams.",
+        "",
+        _table(acc_rows, [str(i) for i in range(levels)]),
+        "## Validity and coverage",
+        "",
+        _table({"": results["validity"]}, list(results["validity"])),
+        "## Latency",
+        "",
+        f"Per batch of {lat['batch_size']} users: p50 {lat['p50_ms']:.1f} ms, p95 "
+        f"{lat['p95_ms']:.1f} ms; {lat['per_user_ms']:.2f} ms per user, "
+        f"{lat['users_per_s']:.1f} users/s.",
+        "",
+        "![per-level accuracy](per_level_accuracy.png)",
+    ]
+    if results.get("codebook_health"):
+        lines.append("![codebook utilisation](codebook_utilisation.png)")
+    return "\n".join(lines) + "\n"
+
+
+def write_report_files(report_dir: Path, results: dict) -> None:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_text(report_dir / "metrics.json", json.dumps(results, indent=2, default=float))
+    _atomic_text(report_dir / "report.md", markdown_report(results))
+    _plots(report_dir, results)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _plots(report_dir: Path, results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = results["per_level_accuracy"]
+    levels = np.arange(len(acc["teacher_forced"]))
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar(levels - 0.2, acc["teacher_forced"], width=0.4, label="teacher-forced")
+    ax.bar(levels + 0.2, acc["beam"], width=0.4, label=f"in top-{results['top_k']} beams")
+    ax.set_xticks(levels, [f"level {i}" for i in levels])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.legend()
+    ax.set_title("Per-level SID accuracy")
+    fig.tight_layout()
+    _save_png(fig, report_dir / "per_level_accuracy.png")
+    plt.close(fig)
+    health = results.get("codebook_health") or {}
+    util = health.get("utilisation") or health.get("per_level_utilisation")
+    if util:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.bar(np.arange(len(util)), util)
+        ax.set_xticks(np.arange(len(util)), [f"level {i}" for i in range(len(util))])
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("share of codes used")
+        ax.set_title("Codebook utilisation")
+        fig.tight_layout()
+        _save_png(fig, report_dir / "codebook_utilisation.png")
+        plt.close(fig)
+
+
+def _save_png(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def compare_runs(run_dirs: list[str | os.PathLike]) -> str:
+    """A Markdown table of the saved metrics of several runs, side by side."""
+    rows = {}
+    for run in run_dirs:
+        path = Path(run) / "report" / "metrics.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: run `python eval.py {run}` first")
+        results = json.loads(path.read_text())
+        name = Path(run).name
+        for kind, values in metric_rows(results).items():
+            if kind == "popularity" and len(rows) > 0:
+                continue
+            rows[f"{name} ({kind})"] = values
+        tf = results["per_level_accuracy"]["teacher_forced"]
+        rows[f"{name} ({'retrieval'})"].update({f"tf acc L{i}": v for i, v in enumerate(tf)})
+    columns = ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr"]
+    extra = sorted({c for r in rows.values() for c in r if c.startswith("tf acc")})
+    return _table(rows, columns + extra)
+
+
+__all__ = ["evaluate_run", "compare_runs", "markdown_report", "BUILTIN_DATASETS"]

@@ -1,0 +1,606 @@
+"""The training pipeline as stages over a run directory: data → embeddings → SID tokenizer →
+semantic IDs → (PrefixMem pre-training) → LM fine-tuning → (ranking head).
+
+train.py only parses arguments and calls `run_training`. Each stage records a fingerprint of
+its inputs in `stages.json`; when its artifact exists with the same fingerprint the stage is
+skipped, so re-running a finished command costs seconds and changing one option redoes only
+what depends on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sid.data import (
+    BUILTIN_DATASETS,
+    InteractionData,
+    LeaveOneOutSplit,
+    format_summary,
+    leave_one_out,
+    load_builtin,
+    load_interactions,
+    load_items,
+)
+from sid.embed import (
+    check_embeddings,
+    embed_texts,
+    load_item_embeddings,
+    save_embeddings,
+)
+
+# --------------------------------------------------------------------------------------------
+# Arguments (parsed by HfArgumentParser in train.py; every field's help is shown by --help)
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(
+        default="movielens-100k",
+        metadata={
+            "help": f"Built-in dataset ({', '.join(BUILTIN_DATASETS)}) or an interactions file "
+            "(CSV/TSV/Parquet/JSONL or a saved HF dataset folder); then pass --items too."
+        },
+    )
+    items: str | None = field(
+        default=None, metadata={"help": "Items file with item ids and text (custom datasets)."}
+    )
+    user_col: str = field(default="user_id", metadata={"help": "Interactions: user id column."})
+    item_col: str = field(default="item_id", metadata={"help": "Item id column (both files)."})
+    time_col: str = field(default="timestamp", metadata={"help": "Interactions: time column."})
+    outcome_col: str | None = field(
+        default=None, metadata={"help": "Interactions: outcome label column (click/save/…)."}
+    )
+    rating_col: str | None = field(
+        default=None,
+        metadata={"help": "Interactions: rating column; outcome = like if >= --like_threshold."},
+    )
+    text_cols: str = field(
+        default="text", metadata={"help": "Items: comma-separated text columns, joined by ' | '."}
+    )
+    like_threshold: float = field(default=4.0, metadata={"help": "Rating >= this is 'like'."})
+    unknown_items: str = field(
+        default="error",
+        metadata={"help": "Interactions naming items absent from the items file: error | drop."},
+    )
+    min_length: int = field(
+        default=3, metadata={"help": "Users with fewer interactions are dropped (>= 3)."}
+    )
+    embeddings: str | None = field(
+        default=None,
+        metadata={"help": "Precomputed item embeddings (.npy/.safetensors/.parquet) to use."},
+    )
+    embedding_model: str = field(
+        default="all-MiniLM-L6-v2",
+        metadata={"help": "Sentence encoder: the offline MiniLM alias, a folder or a hub id."},
+    )
+
+
+@dataclass
+class SIDArguments:
+    sid_tokenizer: str = field(default="rqvae", metadata={"help": "rqvae | rqkmeans."})
+    codebook_sizes: str = field(
+        default="256,256,256", metadata={"help": "Codes per level, comma-separated."}
+    )
+    collision_policy: str = field(
+        default="suffix", metadata={"help": "suffix (extra level) | reassign (nearest free code)."}
+    )
+    sid_epochs: int = field(default=300, metadata={"help": "RQ-VAE training epochs."})
+
+
+@dataclass
+class ModelArguments:
+    model: str = field(
+        default="tiny",
+        metadata={
+            "help": "tiny (random small Llama), smollm2-135m (shipped pretrained), "
+            "a local model folder or a hub model id."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow a model's own code to run (off by default)."}
+    )
+    max_items: int = field(default=50, metadata={"help": "Items per training window."})
+    stride: int | None = field(
+        default=None, metadata={"help": "Window step in items (default max_items // 2)."}
+    )
+    outcome_loss: bool = field(
+        default=False, metadata={"help": "Also train on predicting outcome tokens."}
+    )
+    prefixmem: bool = field(
+        default=False, metadata={"help": "Pre-train PrefixMem on the SIDs and attach it."}
+    )
+    prefixmem_path: str | None = field(
+        default=None, metadata={"help": "Attach a saved PrefixMem folder instead."}
+    )
+    prefixmem_steps: int = field(default=300, metadata={"help": "PrefixMem pre-training steps."})
+    ranker: bool = field(
+        default=False, metadata={"help": "Train the cross-attention ranking head after the LM."}
+    )
+    ranker_steps: int = field(default=300, metadata={"help": "Ranking head training steps."})
+
+
+@dataclass
+class RunArguments:
+    run_dir: str = field(default="runs/quickstart", metadata={"help": "Run directory."})
+    preset: str | None = field(
+        default=None,
+        metadata={"help": "quickstart | ml1m | smollm2: a set of defaults; flags still override."},
+    )
+    epochs: float = field(default=1.0, metadata={"help": "Training epochs over the windows."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many steps (>0)."})
+    batch_size: int = field(default=32, metadata={"help": "Windows per device per step."})
+    grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
+    lr: float = field(default=2e-3, metadata={"help": "Peak learning rate (cosine schedule)."})
+    warmup: float = field(default=0.05, metadata={"help": "Warm-up as a share of the steps."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    save_steps: int = field(default=200, metadata={"help": "Checkpoint every N steps."})
+    eval_steps: int = field(default=200, metadata={"help": "Validation every N steps."})
+    logging_steps: int = field(default=20, metadata={"help": "Log every N steps."})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 if available) | fp32."})
+    seed: int = field(default=0, metadata={"help": "Seed for every stage."})
+    resume: bool = field(
+        default=False, metadata={"help": "Continue from the newest checkpoint in the run."}
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace a run directory built from other SIDs."}
+    )
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave as is)."})
+
+
+ARGUMENT_CLASSES = (DataArguments, SIDArguments, ModelArguments, RunArguments)
+
+PRESETS: dict[str, dict] = {
+    # MovieLens-100K + MiniLM + RQ-VAE + tiny model: the README's quick start, minutes on CPU.
+    "quickstart": dict(
+        dataset="movielens-100k",
+        sid_tokenizer="rqvae",
+        codebook_sizes="64,64,64",
+        model="tiny",
+        max_items=20,
+        epochs=3.0,
+        batch_size=64,
+        lr=3e-3,
+        run_dir="runs/quickstart",
+    ),
+    "ml1m": dict(
+        dataset="movielens-1m",
+        sid_tokenizer="rqvae",
+        codebook_sizes="256,256,256",
+        model="tiny",
+        max_items=50,
+        epochs=2.0,
+        batch_size=64,
+        run_dir="runs/ml1m",
+    ),
+    "smollm2": dict(
+        dataset="movielens-100k",
+        sid_tokenizer="rqvae",
+        codebook_sizes="64,64,64",
+        model="smollm2-135m",
+        max_items=20,
+        max_steps=20,
+        batch_size=8,
+        lr=5e-4,
+        save_steps=10,
+        eval_steps=10,
+        logging_steps=5,
+        run_dir="runs/smollm2",
+    ),
+}
+
+
+def parse_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"codebook sizes must be comma-separated integers, got {text!r}") from None
+    if not sizes:
+        raise ValueError("codebook sizes are empty")
+    return sizes
+
+
+# --------------------------------------------------------------------------------------------
+# Run directory bookkeeping
+
+
+def fingerprint(*parts) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+class RunDir:
+    """A run directory and its `stages.json` (stage → fingerprint of the inputs it used)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._stages_file = self.path / "stages.json"
+        self.stages: dict[str, str] = {}
+        if self._stages_file.exists():
+            try:
+                self.stages = json.loads(self._stages_file.read_text())
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"{self._stages_file} is corrupt ({err}); delete it to rebuild the run"
+                ) from err
+
+    def fresh(self, stage: str, key: str, artifact: str) -> bool:
+        return self.stages.get(stage) == key and (self.path / artifact).exists()
+
+    def mark(self, stage: str, key: str) -> None:
+        self.stages[stage] = key
+        write_json_atomic(self._stages_file, self.stages)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def log(message: str) -> None:
+    print(f"[sid] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+
+
+def load_data(args: DataArguments) -> tuple[InteractionData, LeaveOneOutSplit]:
+    if args.dataset in BUILTIN_DATASETS:
+        data = load_builtin(args.dataset, like_threshold=args.like_threshold)
+    else:
+        if not args.items:
+            raise ValueError(
+                f"dataset {args.dataset!r} is not built in ({', '.join(BUILTIN_DATASETS)}); "
+                "for your own data pass --items ITEMS_FILE as well"
+            )
+        items = load_items(
+            args.items,
+            item_col=args.item_col,
+            text_cols=[c.strip() for c in args.text_cols.split(",")],
+        )
+        data = load_interactions(
+            args.dataset,
+            items=items,
+            user_col=args.user_col,
+            item_col=args.item_col,
+            time_col=args.time_col,
+            outcome_col=args.outcome_col,
+            rating_col=args.rating_col,
+            like_threshold=args.like_threshold,
+            unknown_items=args.unknown_items,
+        )
+    split = leave_one_out(data, min_length=args.min_length)
+    return data, split
+
+
+def embeddings_stage(
+    run: RunDir, data: InteractionData, args: DataArguments
+) -> tuple[np.ndarray, str]:
+    source = args.embeddings or args.embedding_model
+    key = fingerprint("embeddings", source, data.item_ids, data.item_texts)
+    path = run.path / "embeddings.safetensors"
+    if run.fresh("embeddings", key, path.name):
+        vectors = load_item_embeddings(path, data.item_ids)
+        log(f"embeddings: reused {path} ({vectors.shape[0]}×{vectors.shape[1]})")
+        return vectors, key
+    if args.embeddings:
+        vectors = load_item_embeddings(args.embeddings, data.item_ids)
+    else:
+        vectors = embed_texts(data.item_texts, model=args.embedding_model)
+    check_embeddings(vectors, expected_rows=data.num_items, source=source)
+    save_embeddings(path, vectors, item_ids=data.item_ids, metadata={"source": source})
+    run.mark("embeddings", key)
+    log(f"embeddings: {vectors.shape[0]}×{vectors.shape[1]} from {source} → {path}")
+    return vectors, key
+
+
+def sid_stage(
+    run: RunDir,
+    data: InteractionData,
+    vectors: np.ndarray,
+    emb_key: str,
+    args: SIDArguments,
+    seed: int,
+):
+    """Fit (or reuse) the SID tokenizer and build unique semantic IDs."""
+    from sid.codes import SemanticIDs, codebook_health
+    from sid.tokenizers import build_sid_tokenizer, load_sid_tokenizer
+
+    sizes = parse_sizes(args.codebook_sizes)
+    options = {"kind": args.sid_tokenizer, "codebook_sizes": sizes, "seed": seed}
+    if args.sid_tokenizer == "rqvae":
+        options["epochs"] = args.sid_epochs
+    key = fingerprint("tokenizer", emb_key, options)
+    sid_key = fingerprint("semantic_ids", key, args.collision_policy)
+    if run.fresh("tokenizer", key, "tokenizer/config.json") and run.fresh(
+        "semantic_ids", sid_key, "semantic_ids.json"
+    ):
+        sids = SemanticIDs.load(run.path)
+        log(f"semantic IDs: reused {run.path / 'semantic_ids.json'}")
+        return load_sid_tokenizer(run.path / "tokenizer"), sids, sid_key, None
+    kind = options.pop("kind")
+    tokenizer = build_sid_tokenizer(kind, **options)
+    start = time.perf_counter()
+    tokenizer.fit(vectors)
+    raw = tokenizer.encode(vectors)
+    sids = SemanticIDs.from_codes(
+        raw,
+        data.item_ids,
+        codebook_sizes=tokenizer.codebook_sizes,
+        policy=args.collision_policy,
+        distances=tokenizer.last_level_distances(vectors)
+        if args.collision_policy == "reassign"
+        else None,
+    )
+    health = codebook_health(tokenizer, vectors, raw, sids)
+    tokenizer.save_pretrained(run.path / "tokenizer")
+    run.mark("tokenizer", key)
+    sids.save(run.path)
+    run.mark("semantic_ids", sid_key)
+    log(
+        f"SID tokenizer {kind} {sizes} fitted in {time.perf_counter() - start:.1f}s; "
+        f"collision rate before {health.get('collision_rate_before', float('nan')):.3f}, "
+        f"after {health.get('collision_rate_after', float('nan')):.3f}; final SID length "
+        f"{sids.codes.shape[1]}"
+    )
+    return tokenizer, sids, sid_key, health
+
+
+def prefixmem_stage(
+    run: RunDir, sids, vectors: np.ndarray, sid_key: str, args: ModelArguments, seed: int
+):
+    """Pre-train PrefixMem on the SIDs (or load a saved one); None when not asked for."""
+    if not args.prefixmem and not args.prefixmem_path:
+        return None, None
+    from prefixmem import PrefixMem, PrefixMemConfig
+    from sid.model import base_hidden_size
+
+    if args.prefixmem_path:
+        pm = PrefixMem.from_pretrained(args.prefixmem_path)
+        log(f"PrefixMem: loaded {args.prefixmem_path} ({pm.num_parameters():,} parameters)")
+        return pm, fingerprint("prefixmem", "path", str(Path(args.prefixmem_path).resolve()))
+    from prefixmem.pretrain import pretrain_prefixmem
+
+    hidden_size = base_hidden_size(args.model, trust_remote_code=args.trust_remote_code)
+    key = fingerprint("prefixmem", sid_key, args.prefixmem_steps, seed, hidden_size)
+    target = run.path / "prefixmem_pretrained"
+    if run.fresh("prefixmem", key, "prefixmem_pretrained/config.json"):
+        pm = PrefixMem.from_pretrained(target)
+        log(f"PrefixMem: reused {target}")
+        return pm, key
+    torch.manual_seed(seed)
+    pm = PrefixMem(
+        PrefixMemConfig(codebook_sizes=list(sids.codebook_sizes), hidden_size=hidden_size)
+    )
+    metrics = pretrain_prefixmem(
+        pm, sids, torch.as_tensor(vectors), steps=args.prefixmem_steps, seed=seed
+    )
+    pm.save_pretrained(target)
+    run.mark("prefixmem", key)
+    log(f"PrefixMem: pre-trained {pm.num_parameters():,} parameters: {metrics}")
+    return pm, key
+
+
+def check_compatible_run(run: RunDir, sids, overwrite: bool) -> None:
+    """Refuse to continue a run whose trained model speaks another SID vocabulary."""
+    vocab_file = run.path / "model" / "sid_vocab.json"
+    if not vocab_file.exists():
+        return
+    saved = json.loads(vocab_file.read_text())
+    if list(saved.get("codebook_sizes", [])) != list(sids.codebook_sizes):
+        if overwrite:
+            shutil.rmtree(run.path / "model", ignore_errors=True)
+            shutil.rmtree(run.path / "checkpoints", ignore_errors=True)
+            return
+        raise ValueError(
+            f"run directory {run.path} holds a model trained on SIDs with codebook sizes "
+            f"{saved.get('codebook_sizes')}, but this run's SID tokenizer gives "
+            f"{list(sids.codebook_sizes)}; pass --overwrite to replace it or choose another --run_dir"
+        )
+
+
+def model_stage(
+    run: RunDir,
+    split: LeaveOneOutSplit,
+    sids,
+    sid_key: str,
+    prefixmem,
+    pm_key,
+    margs: ModelArguments,
+    rargs: RunArguments,
+):
+    from sid.model import SIDRecModel
+    from sid.training import (
+        build_eval_examples,
+        build_train_windows,
+        make_trainer,
+        make_training_arguments,
+        tokens_per_epoch,
+    )
+
+    train_options = {
+        k: v
+        for k, v in asdict(rargs).items()
+        if k not in ("run_dir", "preset", "resume", "overwrite", "threads")
+    }
+    key = fingerprint(
+        "model",
+        sid_key,
+        pm_key,
+        margs.model,
+        margs.max_items,
+        margs.stride,
+        margs.outcome_loss,
+        train_options,
+    )
+    check_compatible_run(run, sids, rargs.overwrite)
+    if run.fresh("model", key, "model/sid_vocab.json"):
+        log(f"model: reused {run.path / 'model'}")
+        return SIDRecModel.from_pretrained(run.path), None, key
+    checkpoints = run.path / "checkpoints"
+    if checkpoints.exists() and not rargs.resume and run.stages.get("model_started") != key:
+        shutil.rmtree(checkpoints)  # checkpoints of another configuration
+    rec = SIDRecModel.build(
+        margs.model, sids, split.data.outcome_labels, trust_remote_code=margs.trust_remote_code
+    )
+    if prefixmem is not None:
+        prefixmem.attach(rec.lm, rec.vocab)
+        rec.prefixmem = prefixmem
+    train = build_train_windows(
+        split,
+        sids,
+        rec.vocab,
+        max_items=margs.max_items,
+        stride=margs.stride,
+        outcome_loss=margs.outcome_loss,
+    )
+    valid = build_eval_examples(split, sids, rec.vocab, max_items=margs.max_items, which="valid")
+    n_params = sum(p.numel() for p in rec.lm.parameters())
+    log(
+        f"model {margs.model}: {n_params / 1e6:.2f}M parameters; {len(train['input_ids'])} "
+        f"training windows, {tokens_per_epoch(train):,} tokens per epoch"
+    )
+    targs = make_training_arguments(
+        checkpoints,
+        epochs=rargs.epochs,
+        max_steps=rargs.max_steps,
+        batch_size=rargs.batch_size,
+        grad_accum=rargs.grad_accum,
+        lr=rargs.lr,
+        warmup_ratio=rargs.warmup,
+        weight_decay=rargs.weight_decay,
+        save_steps=rargs.save_steps,
+        eval_steps=rargs.eval_steps,
+        logging_steps=rargs.logging_steps,
+        seed=rargs.seed,
+        precision=rargs.precision,
+    )
+    trainer = make_trainer(rec.lm, train, valid, targs, rec.tokenizer.pad_token_id)
+    run.mark("model_started", key)
+    resume = rargs.resume and any(checkpoints.glob("checkpoint-*"))
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    seconds = time.perf_counter() - start
+    metrics = trainer.evaluate()
+    stats = {
+        "train_loss": result.training_loss,
+        "global_step": trainer.state.global_step,
+        "train_seconds": round(seconds, 1),
+        "train_tokens_per_second": round(
+            tokens_per_epoch(train) * rargs.epochs / seconds
+            if rargs.max_steps <= 0
+            else float("nan"),
+            1,
+        ),
+        **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+    }
+    if trainer.is_world_process_zero():
+        rec.lm.eval()
+        rec.save_pretrained(run.path)
+        run.mark("model", key)
+    log(f"model trained: {json.dumps(stats)}")
+    return rec, stats, key
+
+
+def run_training(
+    dargs: DataArguments, sargs: SIDArguments, margs: ModelArguments, rargs: RunArguments
+) -> Path:
+    """Every stage of train.py; returns the run directory."""
+    if rargs.threads:
+        torch.set_num_threads(rargs.threads)
+    torch.manual_seed(rargs.seed)
+    parse_sizes(sargs.codebook_sizes)  # bad sizes fail before any long work
+    run = RunDir(rargs.run_dir)
+    start = time.perf_counter()
+    data, split = load_data(dargs)
+    log(f"data {data.name}:\n{format_summary({**data.summary(), **split.summary()})}")
+    vectors, emb_key = embeddings_stage(run, data, dargs)
+    _, sids, sid_key, health = sid_stage(run, data, vectors, emb_key, sargs, rargs.seed)
+    prefixmem, pm_key = prefixmem_stage(run, sids, vectors, sid_key, margs, rargs.seed)
+    rec, train_stats, model_key = model_stage(
+        run, split, sids, sid_key, prefixmem, pm_key, margs, rargs
+    )
+    ranker_stats = ranker_stage(run, rec, split, model_key, margs, rargs) if margs.ranker else None
+    config = {
+        "data": asdict(dargs),
+        "sid": asdict(sargs),
+        "model": asdict(margs),
+        "run": asdict(rargs),
+        "summary": {**data.summary(), **split.summary()},
+        "stages": run.stages,
+    }
+    old = {}
+    if (run.path / "config.json").exists():
+        old = json.loads((run.path / "config.json").read_text())
+    config["codebook_health"] = health if health is not None else old.get("codebook_health")
+    config["training"] = train_stats if train_stats is not None else old.get("training")
+    config["ranker"] = ranker_stats if ranker_stats is not None else old.get("ranker")
+    write_json_atomic(run.path / "config.json", config)
+    log(f"done in {time.perf_counter() - start:.0f}s; run directory: {run.path}")
+    return run.path
+
+
+def ranker_stage(
+    run: RunDir,
+    rec,
+    split: LeaveOneOutSplit,
+    model_key: str,
+    margs: ModelArguments,
+    rargs: RunArguments,
+) -> dict | None:
+    """Train the cross-attention ranking head on train-split data with the LM frozen."""
+    from sid.ranking import RankingHead, RankingHeadConfig, train_ranker
+
+    key = fingerprint("ranker", model_key, margs.ranker_steps, rargs.seed)
+    if run.fresh("ranker", key, "ranker/config.json"):
+        log(f"ranking head: reused {run.path / 'ranker'}")
+        return None
+    torch.manual_seed(rargs.seed)
+    head = RankingHead(
+        RankingHeadConfig(
+            hidden_size=int(rec.lm.config.get_text_config().hidden_size),
+            num_levels=rec.vocab.num_levels,
+            outcomes=list(rec.vocab.outcomes),
+        )
+    )
+    rec.lm.eval()
+    stats = train_ranker(
+        head,
+        rec.lm,
+        rec.vocab,
+        rec.sids,
+        split,
+        steps=margs.ranker_steps,
+        seed=rargs.seed,
+        max_history=margs.max_items,
+    )
+    head.save_pretrained(run.path / "ranker")
+    run.mark("ranker", key)
+    summary = {k: v for k, v in stats.items() if k != "losses"}
+    log(f"ranking head trained: {json.dumps(summary, default=float)}")
+    return summary
+
+
+def arguments_from_dict(values: dict):
+    """Build the four argument dataclasses from one flat dict (tests, notebooks)."""
+    out = []
+    for cls in ARGUMENT_CLASSES:
+        names = {f.name for f in fields(cls)}
+        out.append(cls(**{k: v for k, v in values.items() if k in names}))
+    unknown = set(values) - {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)}")
+    return tuple(out)

@@ -1,0 +1,248 @@
+"""Training data for the LM as token ids, its collator, and the HF `Trainer` set-up.
+
+A user's history is written straight as token ids, `<o_1> s_1 … <o_n> s_n` (outcome token,
+then the item's L SID tokens), so the model learns P(item | history, outcome) and the outcome
+can be chosen at serving time. Histories longer than `max_items` become sliding windows; a
+window's leading items that an earlier window already used as targets are context only, so
+every train item is a target exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sid.codes import SemanticIDs
+from sid.data import LeaveOneOutSplit
+from sid.vocab import SIDVocab
+
+IGNORE = -100
+
+
+def _token_matrix(
+    items: np.ndarray, outcomes: np.ndarray, sids: SemanticIDs, vocab: SIDVocab
+) -> np.ndarray:
+    """items [n], outcomes [n] → int64 [n, 1 + L]: the outcome token, then the SID tokens."""
+    outcome_ids = np.array([vocab.outcome_id(o) for o in vocab.outcomes], dtype=np.int64)
+    sid_tokens = vocab.sid_token_ids(sids.codes[torch.as_tensor(items)]).numpy()
+    return np.concatenate([outcome_ids[outcomes][:, None], sid_tokens], axis=1)
+
+
+def _check_outcomes(split: LeaveOneOutSplit, vocab: SIDVocab) -> None:
+    missing = [o for o in split.data.outcome_labels if o not in vocab.outcomes]
+    if missing:
+        raise ValueError(
+            f"outcome label(s) {missing} of dataset {split.data.name!r} are not in the model's "
+            f"vocabulary {vocab.outcomes}; build the vocabulary with every outcome of the data"
+        )
+
+
+def build_train_windows(
+    split: LeaveOneOutSplit,
+    sids: SemanticIDs,
+    vocab: SIDVocab,
+    *,
+    max_items: int = 50,
+    stride: int | None = None,
+    outcome_loss: bool = False,
+) -> dict[str, list]:
+    """Sliding windows over each kept user's train sequence (valid/test targets never enter).
+
+    Returns columns `input_ids`, `labels` (lists of int lists, `labels` = -100 where there is
+    no loss) and `user` (position of the user in `split.users`).
+    """
+    if max_items < 2:
+        raise ValueError(
+            f"max_items={max_items} is too small: a window needs at least one history item "
+            "and one target item (use max_items >= 2)"
+        )
+    stride = stride or max(1, max_items // 2)
+    if not 1 <= stride <= max_items:
+        raise ValueError(f"stride must be in [1, max_items={max_items}], got {stride}")
+    _check_outcomes(split, vocab)
+    tokens = _token_matrix(split.train_items, split.train_outcomes, sids, vocab)  # [N, 1+L]
+    labels = tokens.copy()
+    if not outcome_loss:
+        labels[:, 0] = IGNORE
+    columns: dict[str, list] = {"input_ids": [], "labels": [], "user": []}
+    offsets = split.train_offsets
+    for user in range(split.num_users):
+        lo, hi = int(offsets[user]), int(offsets[user + 1])
+        n = hi - lo
+        if n < 2:
+            continue  # a single item has no history to predict it from
+        start, covered = 0, 0  # `covered`: items already used as targets
+        while True:
+            end = min(start + max_items, n)
+            window_labels = labels[lo + start : lo + end].copy()
+            # the first item has no history; items an earlier window covered are context only
+            window_labels[: max(1, covered - start)] = IGNORE
+            columns["input_ids"].append(tokens[lo + start : lo + end].reshape(-1).tolist())
+            columns["labels"].append(window_labels.reshape(-1).tolist())
+            columns["user"].append(user)
+            covered = end
+            if end == n:
+                break
+            start += stride
+    if not columns["input_ids"]:
+        raise ValueError("no training windows: every user has fewer than 2 train items")
+    return columns
+
+
+def build_eval_examples(
+    split: LeaveOneOutSplit,
+    sids: SemanticIDs,
+    vocab: SIDVocab,
+    *,
+    max_items: int = 50,
+    which: str = "valid",
+) -> dict[str, list]:
+    """One example per kept user: the last `max_items - 1` history items + the target.
+
+    Only the target's SID tokens carry labels, so the eval loss and accuracy are next-item.
+    """
+    _check_outcomes(split, vocab)
+    targets, target_outcomes = split.targets(which)
+    columns: dict[str, list] = {"input_ids": [], "labels": [], "user": []}
+    for user in range(split.num_users):
+        hist_items, hist_outcomes = split.history(user, which)
+        hist_items, hist_outcomes = (
+            hist_items[-(max_items - 1) :],
+            hist_outcomes[-(max_items - 1) :],
+        )
+        items = np.append(hist_items, targets[user])
+        outcomes = np.append(hist_outcomes, target_outcomes[user])
+        tokens = _token_matrix(items, outcomes, sids, vocab)
+        labels = np.full_like(tokens, IGNORE)
+        labels[-1, 1:] = tokens[-1, 1:]
+        columns["input_ids"].append(tokens.reshape(-1).tolist())
+        columns["labels"].append(labels.reshape(-1).tolist())
+        columns["user"].append(user)
+    return columns
+
+
+@dataclass
+class SIDCollator:
+    """Right-pads `input_ids`/`labels` to the longest example of the batch."""
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(f["input_ids"]) for f in features)
+        batch = len(features)
+        input_ids = torch.full((batch, longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((batch, longest), IGNORE, dtype=torch.long)
+        attention = torch.zeros((batch, longest), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            input_ids[row, :n] = torch.as_tensor(f["input_ids"])
+            labels[row, :n] = torch.as_tensor(f["labels"])
+            attention[row, :n] = 1
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def argmax_predictions(logits, labels):
+    """Keep only the arg-max token per position, so eval does not hold [N, T, V] logits."""
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return logits.argmax(dim=-1)
+
+
+def next_sid_accuracy(eval_pred) -> dict[str, float]:
+    """Token accuracy on labelled SID positions and exact-match rate of whole target SIDs."""
+    predictions, labels = eval_pred.predictions, eval_pred.label_ids
+    predictions, labels = np.asarray(predictions)[:, :-1], np.asarray(labels)[:, 1:]
+    mask = labels != IGNORE
+    correct = (predictions == labels) & mask
+    token_acc = correct.sum() / max(1, mask.sum())
+    rows = mask.any(axis=1)
+    exact = ((correct | ~mask).all(axis=1) & rows).sum() / max(1, rows.sum())
+    return {"next_sid_token_accuracy": float(token_acc), "next_sid_exact": float(exact)}
+
+
+def tokens_per_epoch(columns: dict[str, list]) -> int:
+    return int(sum(len(x) for x in columns["input_ids"]))
+
+
+def make_training_arguments(
+    output_dir: str | os.PathLike,
+    *,
+    epochs: float,
+    max_steps: int,
+    batch_size: int,
+    grad_accum: int,
+    lr: float,
+    warmup_ratio: float,
+    weight_decay: float,
+    save_steps: int,
+    eval_steps: int,
+    logging_steps: int,
+    seed: int,
+    precision: str = "auto",
+    num_workers: int = 0,
+    has_eval: bool = True,
+):
+    """`TrainingArguments` with our defaults; `precision` "auto" picks bf16 where supported."""
+    from transformers import TrainingArguments
+
+    bf16 = precision == "bf16" or (
+        precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    )
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=lr,
+        warmup_steps=warmup_ratio,
+        weight_decay=weight_decay,
+        lr_scheduler_type="cosine",
+        logging_steps=logging_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=2,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps,
+        bf16=bf16,
+        fp16=precision == "fp16",
+        seed=seed,
+        data_seed=seed,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=num_workers,
+        disable_tqdm=False,
+        dataloader_pin_memory=False,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def make_trainer(lm, train_columns: dict, eval_columns: dict | None, args, pad_token_id: int):
+    """An HF `Trainer` over our token-id datasets (accelerate handles devices and processes)."""
+    from datasets import Dataset
+    from transformers import Trainer
+
+    train = Dataset.from_dict({k: train_columns[k] for k in ("input_ids", "labels")})
+    evaluation = (
+        Dataset.from_dict({k: eval_columns[k] for k in ("input_ids", "labels")})
+        if eval_columns
+        else None
+    )
+    return Trainer(
+        model=lm,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=SIDCollator(pad_token_id),
+        compute_metrics=next_sid_accuracy if evaluation is not None else None,
+        preprocess_logits_for_metrics=argmax_predictions,
+    )
+
+
+def steps_for(n_examples: int, *, batch_size: int, grad_accum: int, epochs: float) -> int:
+    return math.ceil(math.ceil(n_examples / batch_size) / grad_accum * epochs)

@@ -1,0 +1,739 @@
+"""Cross-attention ranking head over the history states that retrieval already computed.
+
+Retrieval proposes, ranking decides. :func:`~sid.retrieval.constrained_beam_search` prefills
+the user's history once and hands back its last hidden states (``history_states [B, T, H]``).
+The :class:`RankingHead` turns every candidate item into a query built from the LM's input
+embeddings of the item's ``L`` SID tokens, lets it cross-attend to those states (pre-norm
+cross-attention + FFN blocks), and reads out ``O + 1`` logits: one per outcome label
+(``like``, ``watch`` …) and a last **"none"** class meaning "the user does not interact with
+this item". ``softmax`` over the ``O + 1`` logits gives ``P(outcome o)`` and ``P(none)``; the
+head is trained with cross-entropy where the next item of a user's train sequence has its
+outcome as label and negatives (beam-search candidates the user did not take, random items)
+have the label "none".
+
+Candidates never attend to each other, so a candidate's score does not depend on which other
+candidates are ranked with it, and the order of the input candidates changes nothing.
+
+Serving (:func:`retrieve_and_rank`) runs the beam search once and ranks its candidates by
+``sum_o w_o * P(o)`` (optionally blended with the beam's own probability); the history is
+never encoded a second time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import BoolTensor, FloatTensor, LongTensor, nn
+
+from sid.vocab import SIDVocab
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+NONE_LABEL = "none"
+DEFAULT_OUTCOME_WEIGHTS = {"like": 1.0, "watch": 0.3}
+
+
+# --------------------------------------------------------------------------- config
+@dataclass
+class RankingHeadConfig:
+    """Hyperparameters of :class:`RankingHead` (JSON-able).
+
+    hidden_size: width ``H`` of the LM's hidden states and input embeddings.
+    num_levels: ``L``, SID tokens per item (the query concatenates their ``L`` embeddings).
+    outcomes: outcome labels, index = position (the "none" class is appended after them).
+    head_size: width ``D`` of the head's residual stream.
+    n_layers: cross-attention blocks (each: cross-attention + FFN, pre-norm).
+    n_heads: attention heads (must divide ``head_size``).
+    ffn_mult: FFN inner width = ``ffn_mult * head_size``.
+    dropout: dropout on attention weights and residual branches (training only).
+    extra_size: width of the optional per-candidate extra vector (e.g. a PrefixMem vector);
+        ``None`` means ``hidden_size``. Its projection starts at zero, so a head trained
+        without extras is unchanged when none are passed.
+    """
+
+    hidden_size: int
+    num_levels: int
+    outcomes: list[str] = field(default_factory=lambda: ["like", "watch"])
+    head_size: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    ffn_mult: int = 4
+    dropout: float = 0.1
+    extra_size: int | None = None
+
+    def __post_init__(self):
+        if self.extra_size is None:
+            self.extra_size = self.hidden_size
+        self.outcomes = [str(o) for o in self.outcomes]
+        for name in ("hidden_size", "num_levels", "head_size", "n_layers", "n_heads", "ffn_mult"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"RankingHeadConfig.{name} must be a positive int, got {value!r}")
+        if self.head_size % self.n_heads:
+            raise ValueError(
+                f"head_size={self.head_size} is not divisible by n_heads={self.n_heads}"
+            )
+        if not self.outcomes or len(set(self.outcomes)) != len(self.outcomes):
+            raise ValueError(f"outcomes must be unique non-empty labels, got {self.outcomes!r}")
+        if NONE_LABEL in self.outcomes:
+            raise ValueError(
+                f"outcome label {NONE_LABEL!r} is reserved for the head's no-interaction class"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def num_classes(self) -> int:
+        """``O + 1``: the outcomes and the "none" class (last)."""
+        return len(self.outcomes) + 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RankingHeadConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown RankingHeadConfig keys {unknown}; known keys {sorted(known)}"
+            )
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------- module
+class _CrossAttentionBlock(nn.Module):
+    """Pre-norm block: x += CrossAttn(LN(x), memory); x += FFN(LN(x))."""
+
+    def __init__(self, config: RankingHeadConfig):
+        super().__init__()
+        d = config.head_size
+        self.n_heads = config.n_heads
+        self.dropout = config.dropout
+        self.norm_attn = nn.LayerNorm(d)
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, d)
+        self.norm_ffn = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(
+            nn.Linear(d, config.ffn_mult * d), nn.GELU(), nn.Linear(config.ffn_mult * d, d)
+        )
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: FloatTensor, memory: FloatTensor, keep: BoolTensor) -> FloatTensor:
+        """x: [B, C, D] candidate queries; memory: [B, S, D]; keep: [B, S] True = attendable."""
+        B, C, D = x.shape
+        h = self.n_heads
+        q = self.q(self.norm_attn(x)).view(B, C, h, D // h).transpose(1, 2)  # [B, h, C, d]
+        k, v = self.kv(memory).view(B, -1, 2, h, D // h).permute(2, 0, 3, 1, 4)  # [B, h, S, d]
+        attn = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=keep[:, None, None, :],
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        x = x + self.drop(self.out(attn.transpose(1, 2).reshape(B, C, D)))
+        return x + self.drop(self.ffn(self.norm_ffn(x)))
+
+
+class RankingHead(nn.Module):
+    """Scores candidate items against a user's history states.
+
+    Query of a candidate: ``Linear(L*H → D)`` of its ``L`` concatenated SID token embeddings
+    (after a LayerNorm), plus ``Linear(E → D)`` of an optional extra vector. Memory: the LM's
+    history states projected to ``D``, plus one learned "null" slot that every query can
+    attend to (so an empty or uninformative history is handled without NaNs). Output:
+    ``O + 1`` logits per candidate (outcomes, then "none").
+    """
+
+    def __init__(self, config: RankingHeadConfig):
+        super().__init__()
+        self.config = config
+        H, D, L = config.hidden_size, config.head_size, config.num_levels
+        self.query_norm = nn.LayerNorm(L * H)
+        self.query_proj = nn.Linear(L * H, D)
+        self.extra_proj = nn.Linear(config.extra_size, D)
+        # an extra vector is a no-op until trained with one
+        nn.init.zeros_(self.extra_proj.weight)
+        nn.init.zeros_(self.extra_proj.bias)
+        self.memory_norm = nn.LayerNorm(H)
+        self.memory_proj = nn.Linear(H, D)
+        self.null_memory = nn.Parameter(torch.zeros(1, 1, D))
+        self.blocks = nn.ModuleList(_CrossAttentionBlock(config) for _ in range(config.n_layers))
+        self.out_norm = nn.LayerNorm(D)
+        self.readout = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, config.num_classes))
+
+    @property
+    def outcomes(self) -> list[str]:
+        return self.config.outcomes
+
+    def forward(
+        self,
+        history_states: FloatTensor,
+        history_mask: LongTensor,
+        candidate_embeds: FloatTensor,
+        extra: FloatTensor | None = None,
+    ) -> FloatTensor:
+        """Logits over (outcomes + "none") for every candidate.
+
+        Args:
+            history_states: FloatTensor[B, T, H] the LM's last hidden states of the history.
+            history_mask: LongTensor/BoolTensor[B, T], 1 for real history tokens.
+            candidate_embeds: FloatTensor[B, C, L, H] input embeddings of each candidate's
+                SID tokens (see :func:`candidate_embeddings`).
+            extra: optional FloatTensor[B, C, E] per-candidate vectors (``E = extra_size``).
+
+        Returns:
+            FloatTensor[B, C, O + 1]; the last column is the "none" class.
+        """
+        cfg = self.config
+        B, C = candidate_embeds.shape[:2]
+        if candidate_embeds.shape[2:] != (cfg.num_levels, cfg.hidden_size):
+            raise ValueError(
+                f"candidate_embeds must be [B, C, L={cfg.num_levels}, H={cfg.hidden_size}], "
+                f"got {tuple(candidate_embeds.shape)}"
+            )
+        if history_states.dim() != 3 or history_states.shape[-1] != cfg.hidden_size:
+            raise ValueError(
+                f"history_states must be [B, T, H={cfg.hidden_size}], "
+                f"got {tuple(history_states.shape)}"
+            )
+        if history_mask.shape != history_states.shape[:2] or history_states.shape[0] != B:
+            raise ValueError(
+                f"history_mask {tuple(history_mask.shape)} must match history_states "
+                f"{tuple(history_states.shape[:2])} and the candidates' batch size {B}"
+            )
+        dtype = self.query_proj.weight.dtype
+        x = self.query_proj(self.query_norm(candidate_embeds.to(dtype).flatten(2)))  # [B, C, D]
+        if extra is not None:
+            if extra.shape != (B, C, cfg.extra_size):
+                raise ValueError(
+                    f"extra must be [B={B}, C={C}, E={cfg.extra_size}], got {tuple(extra.shape)}"
+                )
+            x = x + self.extra_proj(extra.to(dtype))
+        memory = self.memory_proj(self.memory_norm(history_states.to(dtype)))  # [B, T, D]
+        memory = torch.cat([self.null_memory.expand(B, 1, -1), memory], dim=1)
+        keep = F.pad(history_mask.bool(), (1, 0), value=True)  # [B, 1 + T]
+        for block in self.blocks:
+            x = block(x, memory, keep)
+        return self.readout(self.out_norm(x))
+
+    # ------------------------------------------------------------------ artifacts
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write ``config.json`` + ``model.safetensors`` to directory ``path`` atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.tmp-", dir=path.parent))
+        try:
+            (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
+            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            if path.exists():
+                # a directory cannot be os.replace'd onto a non-empty one: swap it out first
+                old = path.with_name(f"{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+    ) -> RankingHead:
+        """Load a head written by :meth:`save_pretrained` (e.g. ``runs/NAME/ranker``)."""
+        path = Path(path)
+        for f in (path / CONFIG_NAME, path / WEIGHTS_NAME):
+            if not f.is_file():
+                raise FileNotFoundError(
+                    f"{f} not found: expected a ranking head directory written by "
+                    "RankingHead.save_pretrained (train one with sid.ranking.train_ranker)"
+                )
+        config = RankingHeadConfig.from_dict(json.loads((path / CONFIG_NAME).read_text()))
+        head = cls(config)
+        head.load_state_dict(load_file(str(path / WEIGHTS_NAME), device=str(map_location)))
+        return head.to(map_location)
+
+
+# --------------------------------------------------------------------------- LM access
+def encode_history(lm, input_ids: LongTensor, attention_mask: LongTensor) -> FloatTensor:
+    """Last hidden states [B, T, H] of ``lm.base_model`` over LEFT-padded histories.
+
+    Same embeddings (PrefixMem included when attached) and position ids as the prefill of
+    :func:`~sid.retrieval.constrained_beam_search`, so the states match the ones it returns.
+    Used to train the head; serving gets the states from the beam search instead.
+    """
+    emb = lm.get_input_embeddings()
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    out = lm.base_model(
+        inputs_embeds=emb(input_ids),
+        attention_mask=attention_mask,
+        position_ids=positions,
+        use_cache=False,
+    )
+    return out.last_hidden_state
+
+
+def candidate_embeddings(lm, vocab: SIDVocab, codes: LongTensor) -> FloatTensor:
+    """Input embeddings of candidates' SID tokens: codes [B, C, L] → [B, C, L, H].
+
+    Each candidate's ``L`` tokens are embedded as one short sequence, so an attached
+    PrefixMem adds its prefix vectors to them exactly as it does inside a history.
+    """
+    B, C, L = codes.shape
+    ids = vocab.sid_token_ids(codes).view(B * C, L).to(lm.get_input_embeddings().weight.device)
+    return lm.get_input_embeddings()(ids).view(B, C, L, -1)
+
+
+def history_inputs(
+    vocab: SIDVocab, item_codes: LongTensor, items: LongTensor, outcomes: LongTensor
+) -> tuple[LongTensor, LongTensor]:
+    """Token ids of histories ``<o_1> s_1 … <o_n> s_n``, LEFT-padded.
+
+    Args:
+        item_codes: LongTensor[N, L] SIDs of the catalogue (``SemanticIDs.codes``).
+        items: LongTensor[B, M] item indices, right-aligned, -1 = padding (on the left).
+        outcomes: LongTensor[B, M] outcome indices into ``vocab.outcomes``.
+
+    Returns:
+        (input_ids, attention_mask), both LongTensor[B, M * (L + 1)]; padding id 0.
+    """
+    valid = items >= 0
+    B, M = items.shape
+    sid = vocab.sid_token_ids(item_codes[items.clamp_min(0)])  # [B, M, L]
+    out_ids = torch.tensor([vocab.outcome_id(o) for o in vocab.outcomes], device=items.device)
+    tok = torch.cat([out_ids[outcomes.clamp_min(0)][..., None], sid], dim=-1)  # [B, M, L + 1]
+    mask = valid[..., None].expand_as(tok)
+    return tok.where(mask, 0).reshape(B, -1), mask.reshape(B, -1).long()
+
+
+# --------------------------------------------------------------------------- serving
+@dataclass
+class RankedOutput:
+    """Ranked candidates of ``B`` users, ``K`` each, sorted by ``final_scores`` descending.
+
+    items: LongTensor[B, K] item indices, -1 (last) where fewer than K candidates exist.
+    rank_scores: FloatTensor[B, K] ``sum_o w_o * P(o)`` (-inf for missing candidates).
+    beam_scores: FloatTensor[B, K] the beam search's summed log-probabilities (-inf missing).
+    final_scores: FloatTensor[B, K] the sort key: ``(1 - beam_weight) * rank_scores +
+        beam_weight * beam_prob`` where beam_prob renormalises exp(beam score) over the
+        user's candidates (-inf for missing).
+    probs: FloatTensor[B, K, O + 1] P(outcome) per candidate, last column P("none").
+    outcome_labels: the outcome labels of ``probs``' columns, then "none".
+    retrieval: the :class:`~sid.retrieval.BeamSearchOutput` the candidates came from (its
+        own, retrieval-only order), or None when ranking candidates given directly.
+    """
+
+    items: LongTensor
+    rank_scores: FloatTensor
+    beam_scores: FloatTensor
+    final_scores: FloatTensor
+    probs: FloatTensor
+    outcome_labels: list[str]
+    retrieval: object | None = None
+
+
+def _weight_vector(head: RankingHead, outcome_weights: dict[str, float] | None) -> FloatTensor:
+    """[O + 1] weights over the head's classes ("none" gets 0)."""
+    outcomes = head.config.outcomes
+    if outcome_weights is None:
+        outcome_weights = {o: w for o, w in DEFAULT_OUTCOME_WEIGHTS.items() if o in outcomes}
+        # another dataset's labels: any interaction counts, i.e. 1 - P(none)
+        outcome_weights = outcome_weights or dict.fromkeys(outcomes, 1.0)
+    unknown = sorted(set(outcome_weights) - set(outcomes))
+    if unknown:
+        raise ValueError(
+            f"outcome_weights name unknown outcomes {unknown}; the head knows {outcomes}"
+        )
+    return torch.tensor([float(outcome_weights.get(o, 0.0)) for o in outcomes] + [0.0])
+
+
+@torch.no_grad()
+def rank_candidates(
+    head: RankingHead,
+    lm,
+    vocab: SIDVocab,
+    semantic_ids,
+    history_states: FloatTensor,
+    history_mask: LongTensor,
+    items: LongTensor,
+    *,
+    beam_scores: FloatTensor | None = None,
+    outcome_weights: dict[str, float] | None = None,
+    beam_weight: float = 0.0,
+    top_k: int | None = None,
+    extra: FloatTensor | None = None,
+) -> RankedOutput:
+    """Score given candidates with the head and sort them; no LM forward of the history.
+
+    Args:
+        history_states: FloatTensor[B, T, H] (e.g. ``BeamSearchOutput.history_states``).
+        history_mask: LongTensor[B, T].
+        items: LongTensor[B, C] candidate item indices, -1 for missing candidates.
+        beam_scores: FloatTensor[B, C] retrieval log-probabilities (needed if beam_weight > 0).
+        outcome_weights: ``{label: w}``; default ``{"like": 1.0, "watch": 0.3}`` restricted to
+            the head's labels (all 1.0 if it knows neither).
+        beam_weight: in [0, 1], share of the renormalised beam probability in the final score.
+        top_k: keep the best ``top_k`` (default: all C).
+        extra: optional FloatTensor[B, C, E] per-candidate vectors for the head.
+
+    Returns:
+        :class:`RankedOutput`; ``final_scores`` sorted descending, missing candidates last.
+    """
+    items = torch.as_tensor(items, dtype=torch.long)
+    if items.dim() != 2 or items.shape[0] != history_states.shape[0]:
+        raise ValueError(
+            f"items must be [B={history_states.shape[0]}, C], got {tuple(items.shape)}"
+        )
+    if not 0.0 <= beam_weight <= 1.0:
+        raise ValueError(f"beam_weight must be in [0, 1], got {beam_weight}")
+    if beam_weight > 0 and beam_scores is None:
+        raise ValueError("beam_weight > 0 needs beam_scores (the retrieval log-probabilities)")
+    B, C = items.shape
+    k = C if top_k is None else int(top_k)
+    if not 1 <= k <= C:
+        raise ValueError(f"top_k={top_k} must be in [1, number of candidates={C}]")
+    codes_table = semantic_ids.codes
+    if bool((items >= codes_table.shape[0]).any()):
+        raise ValueError(
+            f"items hold index {int(items.max())} >= catalogue size {codes_table.shape[0]}"
+        )
+    device = history_states.device
+    valid = (items >= 0).to(device)
+    codes = codes_table.to(items.device)[items.clamp_min(0)]  # [B, C, L]
+    was_training = head.training
+    head.eval()
+    try:
+        logits = head(history_states, history_mask, candidate_embeddings(lm, vocab, codes), extra)
+    finally:
+        head.train(was_training)
+    probs = logits.float().softmax(-1).where(valid[..., None], 0.0)  # [B, C, O + 1]
+    weights = _weight_vector(head, outcome_weights).to(device)
+    neg_inf = torch.tensor(float("-inf"), device=device)
+    rank_scores = (probs @ weights).where(valid, neg_inf)
+    if beam_scores is None:
+        beam_scores = torch.full((B, C), float("nan"), device=device)
+    beam_scores = beam_scores.to(device=device, dtype=torch.float32)
+    final = rank_scores
+    if beam_weight > 0:
+        beam_prob = beam_scores.where(valid, neg_inf).softmax(-1).nan_to_num(0.0)
+        final = (1 - beam_weight) * rank_scores + beam_weight * beam_prob
+    final = final.where(valid, neg_inf)
+    # stable sort: -inf (missing) candidates stay last, in their input order
+    final, order = final.sort(dim=-1, descending=True, stable=True)
+    order, final = order[:, :k], final[:, :k]
+    return RankedOutput(
+        items=items.to(device).gather(1, order).where(final > neg_inf, -1),
+        rank_scores=rank_scores.gather(1, order),
+        beam_scores=beam_scores.gather(1, order),
+        final_scores=final,
+        probs=probs.gather(1, order[..., None].expand(-1, -1, probs.shape[-1])),
+        outcome_labels=[*head.config.outcomes, NONE_LABEL],
+    )
+
+
+@torch.no_grad()
+def retrieve_and_rank(
+    lm,
+    vocab: SIDVocab,
+    semantic_ids,
+    head: RankingHead,
+    input_ids: LongTensor,
+    attention_mask: LongTensor,
+    *,
+    num_beams: int = 20,
+    top_k: int | None = None,
+    outcome: str | dict[str, int] | None = None,
+    outcome_weights: dict[str, float] | None = None,
+    beam_weight: float = 0.0,
+    exclude_items: LongTensor | None = None,
+) -> RankedOutput:
+    """Retrieve candidates with ONE constrained beam search, then rank them with the head.
+
+    The head reads the beam search's own prefill states (``history_states``); the history is
+    not encoded again. Args as :func:`~sid.retrieval.constrained_beam_search` (``input_ids``
+    LEFT-padded ``[B, T]``; ``outcome`` None / a label / a budget dict) and
+    :func:`rank_candidates`; ``top_k`` is how many ranked items to return out of the
+    ``num_beams`` (or budget-total) candidates, default all of them.
+    ``result.retrieval`` keeps the retrieval-only order for side-by-side evaluation.
+    """
+    from sid.retrieval import constrained_beam_search
+
+    beams = constrained_beam_search(
+        lm,
+        vocab,
+        semantic_ids.trie,
+        input_ids,
+        attention_mask,
+        num_beams=num_beams,
+        outcome=outcome,
+        exclude_items=exclude_items,
+        return_states=True,
+    )
+    ranked = rank_candidates(
+        head,
+        lm,
+        vocab,
+        semantic_ids,
+        beams.history_states,
+        beams.history_mask.to(beams.history_states.device),
+        beams.items,
+        beam_scores=beams.scores,
+        outcome_weights=outcome_weights,
+        beam_weight=beam_weight,
+        top_k=top_k,
+    )
+    ranked.retrieval = beams
+    return ranked
+
+
+# --------------------------------------------------------------------------- training
+@dataclass
+class RankingExamples:
+    """Users' train sequences in CSR form; every position t >= 1 is one ranking example.
+
+    offsets: int64 [U + 1]; items, outcomes: int64 [N] (user u: ``[offsets[u], offsets[u+1])``).
+    Example (u, t): history = the user's items before t, positive = item t with its outcome.
+    """
+
+    offsets: np.ndarray
+    items: np.ndarray
+    outcomes: np.ndarray
+
+    @classmethod
+    def from_split(cls, split) -> RankingExamples:
+        """Train part of a :class:`~sid.data.LeaveOneOutSplit` (never its valid/test targets)."""
+        return cls(
+            offsets=np.asarray(split.train_offsets, dtype=np.int64),
+            items=np.asarray(split.train_items, dtype=np.int64),
+            outcomes=np.asarray(split.train_outcomes, dtype=np.int64),
+        )
+
+    def targets(self) -> np.ndarray:
+        """int64 [E]: global positions that have at least one earlier item of the same user."""
+        starts = self.offsets[:-1]
+        is_first = np.zeros(len(self.items), dtype=bool)
+        is_first[starts[starts < len(self.items)]] = True
+        return np.flatnonzero(~is_first)
+
+
+def _examples(examples) -> RankingExamples:
+    if isinstance(examples, RankingExamples):
+        return examples
+    if all(hasattr(examples, a) for a in ("train_offsets", "train_items", "train_outcomes")):
+        return RankingExamples.from_split(examples)
+    raise ValueError(
+        f"examples must be a RankingExamples or a LeaveOneOutSplit, got {type(examples).__name__}"
+    )
+
+
+def train_ranker(
+    head: RankingHead,
+    lm,
+    vocab: SIDVocab,
+    semantic_ids,
+    examples,
+    *,
+    steps: int = 300,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    n_random_negatives: int = 16,
+    n_beam_negatives: int = 8,
+    beam_fn: Callable | None = None,
+    seed: int = 0,
+    max_history: int = 50,
+    beam_outcome: str | None = None,
+    weight_decay: float = 0.01,
+    progress: bool = True,
+) -> dict:
+    """Train ``head`` on next-item examples of the train split; the LM stays frozen.
+
+    Each step samples ``batch_size`` examples (user, position t) uniformly over train
+    interactions that have a history, encodes the last ``max_history`` items before t with
+    the frozen LM (no gradient), and scores ``1 + n_beam_negatives + n_random_negatives``
+    candidates per example: the positive (label: its outcome), items from a constrained
+    beam search on the history that are not the positive (label "none"), and uniformly
+    random catalogue items other than the positive (label "none"). Loss: cross-entropy over
+    (outcomes + none), averaged over candidates.
+
+    Args:
+        examples: :class:`RankingExamples` or a :class:`~sid.data.LeaveOneOutSplit` (its
+            train part is used).
+        semantic_ids: :class:`~sid.codes.SemanticIDs` (``codes [N, L]``; ``trie`` for beams).
+        beam_fn: ``beam_fn(input_ids, attention_mask, exclude_items) -> BeamSearchOutput``;
+            default: :func:`~sid.retrieval.constrained_beam_search` with
+            ``num_beams=n_beam_negatives`` and ``outcome=beam_outcome`` (default the first
+            outcome label). Its ``history_states`` are reused, so beam negatives add no
+            second history encoding.
+        max_history: most recent items kept per history (the eval histories should use the
+            same window).
+
+    Returns:
+        dict with ``losses`` (per step), ``first_loss``/``final_loss`` (means of the first and
+        last 10% of steps), ``steps``, ``seconds``, ``examples`` (available training positions).
+    """
+    from tqdm.auto import tqdm
+
+    if head.config.outcomes != list(vocab.outcomes):
+        raise ValueError(
+            f"head outcomes {head.config.outcomes} differ from the vocab's {vocab.outcomes}"
+        )
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("max_history", max_history)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if n_random_negatives < 0 or n_beam_negatives < 0:
+        raise ValueError(
+            f"negative counts must be >= 0, got n_random_negatives={n_random_negatives}, "
+            f"n_beam_negatives={n_beam_negatives}"
+        )
+    data = _examples(examples)
+    positions = data.targets()
+    if len(positions) == 0:
+        raise ValueError("no training examples: every train sequence has fewer than 2 items")
+    codes_table = semantic_ids.codes.cpu()
+    n_items = codes_table.shape[0]
+    if n_items < 2:
+        raise ValueError(f"the catalogue has {n_items} item(s); ranking needs at least 2")
+    if int(data.items.max()) >= n_items:
+        raise ValueError(
+            f"examples hold item index {int(data.items.max())} >= catalogue size {n_items}"
+        )
+    if n_beam_negatives > 0 and beam_fn is None:
+        beam_fn = _default_beam_fn(lm, vocab, semantic_ids, n_beam_negatives, beam_outcome)
+
+    device = head.null_memory.device
+    user_of = np.searchsorted(data.offsets, positions, side="right") - 1
+    starts = torch.from_numpy(data.offsets[user_of])
+    positions_t = torch.from_numpy(positions)
+    all_items, all_outcomes = torch.from_numpy(data.items), torch.from_numpy(data.outcomes)
+    none_class = len(vocab.outcomes)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (
+            min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))
+        ),
+    )
+    lm_was_training = lm.training
+    lm.eval()
+    req = [p.requires_grad for p in lm.parameters()]
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    head.train()
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    bar = tqdm(range(steps), desc="ranker", disable=not progress)
+    try:
+        for _ in bar:
+            pick = torch.randint(len(positions_t), (batch_size,), generator=gen)
+            pos, start = positions_t[pick], starts[pick]
+            # last max_history items before pos, right-aligned, -1 on the left
+            idx = pos[:, None] - max_history + torch.arange(max_history)
+            ok = idx >= start[:, None]
+            hist_items = all_items[idx.clamp_min(0)].where(ok, -1)
+            hist_out = all_outcomes[idx.clamp_min(0)].where(ok, -1)
+            keep_cols = ok.any(0)  # drop columns that are padding for every row
+            hist_items, hist_out = hist_items[:, keep_cols], hist_out[:, keep_cols]
+            ids, mask = history_inputs(vocab, codes_table, hist_items, hist_out)
+            ids, mask = ids.to(device), mask.to(device)
+            target, target_outcome = all_items[pos], all_outcomes[pos]
+
+            with torch.no_grad():
+                cands = [target[:, None]]
+                states = None
+                if n_beam_negatives > 0:
+                    beams = beam_fn(ids, mask, hist_items.to(device))
+                    states = beams.history_states
+                    beam_items = beams.items[:, :n_beam_negatives].cpu()
+                    if beam_items.shape[1] < n_beam_negatives:
+                        beam_items = F.pad(
+                            beam_items, (0, n_beam_negatives - beam_items.shape[1]), value=-1
+                        )
+                    # a beam that found the positive (or found nothing) becomes a random item
+                    bad = (beam_items < 0) | (beam_items == target[:, None])
+                    filler = _random_other(target, n_beam_negatives, n_items, gen)
+                    cands.append(beam_items.where(~bad, filler))
+                if n_random_negatives > 0:
+                    cands.append(_random_other(target, n_random_negatives, n_items, gen))
+                cands = torch.cat(cands, 1)  # [B, C]
+                if states is None:
+                    states = encode_history(lm, ids, mask)
+                embeds = candidate_embeddings(lm, vocab, codes_table[cands].to(device))
+            labels = torch.full(cands.shape, none_class, dtype=torch.long)
+            labels[:, 0] = target_outcome
+            logits = head(states, mask, embeds)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    finally:
+        for p, r in zip(lm.parameters(), req, strict=True):
+            p.requires_grad_(r)
+        lm.train(lm_was_training)
+        head.eval()
+    n = max(1, steps // 10)
+    return {
+        "losses": losses,
+        "first_loss": float(np.mean(losses[:n])),
+        "final_loss": float(np.mean(losses[-n:])),
+        "steps": steps,
+        "seconds": time.perf_counter() - t0,
+        "examples": int(len(positions)),
+    }
+
+
+def _random_other(target: LongTensor, n: int, n_items: int, gen: torch.Generator) -> LongTensor:
+    """[B, n] uniform random items, never the row's target (shifted past it)."""
+    offset = torch.randint(1, n_items, (target.shape[0], n), generator=gen)
+    return (target[:, None] + offset) % n_items
+
+
+def _default_beam_fn(lm, vocab, semantic_ids, num_beams: int, outcome: str | None):
+    from sid.retrieval import constrained_beam_search
+
+    trie = getattr(semantic_ids, "trie", None)
+    if trie is None:
+        raise ValueError(
+            "n_beam_negatives > 0 needs semantic_ids.trie (a SemanticIDs) or a beam_fn; "
+            "pass n_beam_negatives=0 to train with random negatives only"
+        )
+    outcome = vocab.outcomes[0] if outcome is None else outcome
+    vocab.outcome_id(outcome)
+
+    def beam_fn(input_ids, attention_mask, exclude_items):
+        return constrained_beam_search(
+            lm,
+            vocab,
+            trie,
+            input_ids,
+            attention_mask,
+            num_beams=num_beams,
+            outcome=outcome,
+            exclude_items=exclude_items,
+            return_states=True,
+        )
+
+    return beam_fn

@@ -1,0 +1,422 @@
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from sid.ranking import (
+    RankingExamples,
+    RankingHead,
+    RankingHeadConfig,
+    candidate_embeddings,
+    encode_history,
+    history_inputs,
+    rank_candidates,
+    retrieve_and_rank,
+    train_ranker,
+)
+from sid.retrieval import constrained_beam_search
+from sid.vocab import SIDVocab
+
+OUTCOMES = ["like", "watch"]
+SIZES = [4, 3, 5]
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny shapes: several threads only add contention (10x slower on a busy 2-core box)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class _Trie:
+    """Test-local prefix trie with the interface of sid.codes.PrefixTrie."""
+
+    def __init__(self, codes: torch.Tensor, sizes: list[int]):
+        n, L = codes.shape
+        self.num_levels, self.codebook_sizes = L, list(sizes)
+        self.node_child, node_of_item = [], [torch.zeros(n, dtype=torch.long)]
+        for level in range(L):
+            table = torch.full((int(node_of_item[level].max()) + 1, sizes[level]), -1)
+            if level == L - 1:
+                table[node_of_item[level], codes[:, level]] = torch.arange(n)
+            else:
+                _, inv = torch.unique(codes[:, : level + 1], dim=0, return_inverse=True)
+                table[node_of_item[level], codes[:, level]] = inv
+                node_of_item.append(inv)
+            self.node_child.append(table)
+        self.item_nodes = torch.stack(node_of_item, 1)
+
+    def allowed(self, level, nodes):
+        return self.node_child[level][nodes] >= 0
+
+    def step(self, level, nodes, codes):
+        return self.node_child[level][nodes, codes]
+
+    def to(self, device):
+        return self
+
+
+def _semantic_ids(codes: torch.Tensor, sizes: list[int]):
+    try:
+        from sid.codes import SemanticIDs
+    except ImportError:
+        return SimpleNamespace(codes=codes, trie=_Trie(codes, sizes))
+    # unique codes: no collision level, so the SIDs are exactly `codes`
+    sids = SemanticIDs.from_codes(
+        codes, [f"i{i}" for i in range(len(codes))], codebook_sizes=sizes, policy="reassign",
+        distances=torch.zeros(len(codes), sizes[-1]), collision_level=False,
+    )  # fmt: skip
+    assert torch.equal(sids.codes, codes)
+    return sids
+
+
+def _random_codes(n: int, sizes: list[int], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    flat = torch.randperm(int(np.prod(sizes)), generator=g)[:n]
+    codes = []
+    for k in reversed(sizes):
+        codes.append(flat % k)
+        flat = flat // k
+    return torch.stack(codes[::-1], 1)
+
+
+def make_setup(n_items=30, seed=0):
+    tk = Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1, "x": 2}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>")
+    vocab = SIDVocab(SIZES, OUTCOMES)
+    vocab.add_to_tokenizer(tok)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    lm = LlamaForCausalLM(cfg).eval()
+    vocab.resize_model(lm)
+    sids = _semantic_ids(_random_codes(n_items, SIZES, seed), SIZES)
+    return lm, vocab, sids
+
+
+def make_head(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = RankingHeadConfig(
+        hidden_size=32, num_levels=len(SIZES), outcomes=OUTCOMES, head_size=32, n_heads=4, **kw
+    )
+    return RankingHead(cfg).eval()
+
+
+def make_histories(vocab, sids, lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    M = max(lengths)
+    n_items = sids.codes.shape[0]
+    items = torch.randint(n_items, (len(lengths), M), generator=g)
+    outcomes = torch.randint(len(OUTCOMES), (len(lengths), M), generator=g)
+    pad = torch.arange(M)[None, :] < (M - torch.tensor(lengths))[:, None]
+    items, outcomes = items.masked_fill(pad, -1), outcomes.masked_fill(pad, -1)
+    ids, mask = history_inputs(vocab, sids.codes, items, outcomes)
+    return ids, mask, items
+
+
+class CountForwards:
+    """Records the sequence length of every call of ``lm.base_model``."""
+
+    def __init__(self, lm):
+        self.lengths = []
+        self.handle = lm.base_model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        x = kwargs.get("inputs_embeds")
+        self.lengths.append((x if x is not None else kwargs["input_ids"]).shape[1])
+
+    def history_forwards(self, history_length: int) -> int:
+        """Calls that fed at least a whole history (decode steps feed at most num_beams)."""
+        return sum(n >= history_length for n in self.lengths)
+
+
+# ----------------------------------------------------------------------------- tests
+def test_history_inputs_writes_outcome_then_sid_tokens_left_padded():
+    lm, vocab, sids = make_setup()
+    items = torch.tensor([[-1, 3, 5], [1, 2, 4]])
+    outcomes = torch.tensor([[-1, 0, 1], [1, 1, 0]])
+    ids, mask = history_inputs(vocab, sids.codes, items, outcomes)
+    L = len(SIZES)
+    assert ids.shape == mask.shape == (2, 3 * (L + 1))
+    assert mask[0].tolist() == [0] * (L + 1) + [1] * (2 * (L + 1))
+    assert ids[0, : L + 1].tolist() == [0] * (L + 1)
+    expect = [vocab.outcome_id("like"), *vocab.sid_token_ids(sids.codes[3]).tolist()]
+    expect += [vocab.outcome_id("watch"), *vocab.sid_token_ids(sids.codes[5]).tolist()]
+    assert ids[0, L + 1 :].tolist() == expect
+
+
+def test_head_outputs_outcomes_plus_none_logits_and_ignores_history_padding():
+    lm, vocab, sids = make_setup()
+    head = make_head()
+    ids, mask, _ = make_histories(vocab, sids, [3, 5])
+    with torch.no_grad():
+        states = encode_history(lm, ids, mask)
+        emb = candidate_embeddings(lm, vocab, sids.codes[torch.tensor([[0, 1, 2], [3, 4, 5]])])
+        logits = head(states, mask, emb)
+        assert logits.shape == (2, 3, len(OUTCOMES) + 1)
+        # garbage in padded history positions changes nothing
+        noisy = states.where(mask[..., None].bool(), torch.randn_like(states) * 100)
+        assert torch.allclose(head(noisy, mask, emb), logits, atol=1e-5)
+        # an all-padding history still gives finite logits (the null memory slot)
+        assert torch.isfinite(head(states, torch.zeros_like(mask), emb)).all()
+
+
+def test_returned_order_is_argsort_of_final_scores_and_candidate_permutation_changes_nothing():
+    lm, vocab, sids = make_setup()
+    head = make_head()
+    ids, mask, _ = make_histories(vocab, sids, [4, 6, 2])
+    with torch.no_grad():
+        states = encode_history(lm, ids, mask)
+    g = torch.Generator().manual_seed(1)
+    items = torch.stack([torch.randperm(30, generator=g)[:12] for _ in range(3)])
+    items[1, 3] = -1
+    items[2, -2:] = -1
+    beam = torch.randn(3, 12, generator=g)
+    out = rank_candidates(
+        head, lm, vocab, sids, states, mask, items, beam_scores=beam, beam_weight=0.3
+    )
+    # each returned item's score is the final score of that item, sorted descending
+    valid = out.items >= 0
+    assert valid.sum(1).tolist() == [12, 11, 10]
+    assert (valid[:, :-1] >= valid[:, 1:]).all()  # missing candidates last
+    f = out.final_scores
+    assert torch.equal(f.sort(dim=-1, descending=True, stable=True).values, f)
+    assert torch.isneginf(f[~valid]).all()
+    blended = 0.7 * out.rank_scores + 0.3 * _beam_prob(items, beam, out.items)
+    assert torch.allclose(f[valid], blended[valid], atol=1e-6)
+
+    perm = torch.randperm(12, generator=g)
+    out_p = rank_candidates(
+        head, lm, vocab, sids, states, mask, items[:, perm], beam_scores=beam[:, perm],
+        beam_weight=0.3,
+    )  # fmt: skip
+    assert torch.equal(out_p.items, out.items)
+    assert torch.allclose(out_p.final_scores[valid], out.final_scores[valid], atol=1e-6)
+    assert torch.allclose(out_p.probs, out.probs, atol=1e-6)
+
+    # the order is the argsort of each candidate's own final score, computed one at a time
+    alone = torch.cat(
+        [rank_candidates(head, lm, vocab, sids, states, mask, items[:, j : j + 1]).rank_scores
+         for j in range(12)], 1,
+    )  # fmt: skip
+    beam_p = beam.masked_fill(items < 0, float("-inf")).softmax(-1)
+    expect = (0.7 * alone + 0.3 * beam_p).masked_fill(items < 0, float("-inf"))
+    expect_order = expect.argsort(dim=-1, descending=True, stable=True)
+    assert torch.equal(items.gather(1, expect_order).where(valid, -1), out.items)
+
+
+def _beam_prob(items, beam, ranked_items):
+    """Renormalised beam probability over each user's valid candidates, in ranked order."""
+    p = beam.masked_fill(items < 0, float("-inf")).softmax(-1)
+    out = torch.zeros(ranked_items.shape)
+    for b in range(items.shape[0]):
+        for j, it in enumerate(ranked_items[b].tolist()):
+            if it >= 0:
+                out[b, j] = p[b][items[b] == it]
+    return out
+
+
+def test_retrieve_and_rank_reuses_the_prefill_states_without_a_second_history_forward():
+    lm, vocab, sids = make_setup()
+    head = make_head()
+    ids, mask, hist = make_histories(vocab, sids, [5, 3])
+    kw = dict(num_beams=8, outcome="like", exclude_items=hist)
+
+    alone = CountForwards(lm)
+    beams = constrained_beam_search(lm, vocab, sids.trie, ids, mask, **kw)
+    alone.handle.remove()
+
+    seen = {}
+    original_forward = head.forward
+
+    def spy(history_states, history_mask, candidate_embeds, extra=None):
+        seen["states"], seen["mask"] = history_states, history_mask
+        return original_forward(history_states, history_mask, candidate_embeds, extra)
+
+    head.forward = spy
+    both = CountForwards(lm)
+    out = retrieve_and_rank(lm, vocab, sids, head, ids, mask, **kw)
+    both.handle.remove()
+
+    T = ids.shape[1]
+    assert T > 8  # longer than any decode step (num_beams tokens)
+    assert both.lengths == alone.lengths
+    assert both.history_forwards(T) == alone.history_forwards(T) == 1  # the single prefill
+    # the head read exactly retrieval's own states, which equal a fresh encoding
+    assert seen["states"] is out.retrieval.history_states
+    assert torch.equal(seen["mask"], mask)
+    assert torch.equal(out.retrieval.items, beams.items)
+    with torch.no_grad():
+        fresh = encode_history(lm, ids, mask)
+    real = mask.bool()
+    assert torch.allclose(seen["states"][real], fresh[real], atol=1e-5)
+    # the ranked items are the retrieved ones, reordered
+    for b in range(2):
+        assert sorted(out.items[b].tolist()) == sorted(beams.items[b].tolist())
+
+
+class _ReadoutHead(nn.Module):
+    """Head stand-in whose logits are the first O+1 dims of a candidate's level-0 embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = RankingHeadConfig(hidden_size=32, num_levels=len(SIZES), outcomes=OUTCOMES)
+
+    def forward(self, history_states, history_mask, candidate_embeds, extra=None):
+        return candidate_embeds[:, :, 0, : len(OUTCOMES) + 1]
+
+
+def test_outcome_weights_reorder_candidates_where_like_and_watch_disagree():
+    lm, vocab, sids = make_setup()
+    codes = sids.codes
+    # item a: likely liked; item b: likely watched but not liked; item c: likely nothing
+    a = 0
+    b = next(i for i in range(30) if codes[i, 0] != codes[a, 0])
+    c = next(i for i in range(30) if codes[i, 0] not in (codes[a, 0], codes[b, 0]))
+    with torch.no_grad():
+        w = lm.get_input_embeddings().weight
+        w[vocab.level_start[0] + codes[a, 0], :3] = torch.tensor([2.0, -1.0, 0.0])
+        w[vocab.level_start[0] + codes[b, 0], :3] = torch.tensor([0.5, 3.0, 0.0])
+        w[vocab.level_start[0] + codes[c, 0], :3] = torch.tensor([-3.0, -3.0, 3.0])
+    ids, mask, _ = make_histories(vocab, sids, [3])
+    states = torch.zeros(1, ids.shape[1], 32)
+    items = torch.tensor([[c, b, a]])
+    head = _ReadoutHead()
+
+    def order(weights):
+        out = rank_candidates(head, lm, vocab, sids, states, mask, items, outcome_weights=weights)
+        return out.items[0].tolist(), out
+
+    like_first, out = order({"like": 1.0, "watch": 0.3})
+    assert like_first == [a, b, c]
+    # probs are the softmax of the logits, columns (like, watch, none)
+    p_a = torch.tensor([2.0, -1.0, 0.0]).softmax(-1)
+    assert torch.allclose(out.probs[0, 0], p_a, atol=1e-6)
+    assert out.outcome_labels == ["like", "watch", "none"]
+    assert out.rank_scores[0, 0] == pytest.approx(float(p_a[0] + 0.3 * p_a[1]), abs=1e-6)
+    assert order({"like": 0.0, "watch": 1.0})[0] == [b, a, c]
+    assert order({"watch": 1.0})[0] == [b, a, c]  # an outcome left out weighs 0
+    with pytest.raises(ValueError, match="click"):
+        order({"click": 1.0})
+
+
+def test_save_then_load_gives_identical_scores(tmp_path):
+    lm, vocab, sids = make_setup()
+    head = make_head(seed=3)
+    ids, mask, hist = make_histories(vocab, sids, [4, 2])
+    before = retrieve_and_rank(lm, vocab, sids, head, ids, mask, num_beams=6, outcome="like")
+    head.save_pretrained(tmp_path / "ranker")
+    head.save_pretrained(tmp_path / "ranker")  # overwriting an existing artifact works
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ranker"]
+    loaded = RankingHead.from_pretrained(tmp_path / "ranker")
+    assert loaded.config == head.config
+    after = retrieve_and_rank(lm, vocab, sids, loaded, ids, mask, num_beams=6, outcome="like")
+    assert torch.equal(after.items, before.items)
+    assert torch.equal(after.final_scores, before.final_scores)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        RankingHead.from_pretrained(tmp_path / "missing")
+
+
+def test_training_lowers_the_loss_and_ranks_items_of_the_users_taste_first():
+    lm, vocab, sids = make_setup()
+    codes = sids.codes
+    # each user only takes items of one level-0 group (their "taste"); an item is liked when
+    # its last code is even, watched when odd
+    group = codes[:, 0].numpy()
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, SIZES[0], size=48)
+    items = np.concatenate([rng.choice(np.flatnonzero(group == g), size=6) for g in users])
+    examples = RankingExamples(
+        offsets=np.arange(0, 49 * 6, 6, dtype=np.int64),
+        items=items,
+        outcomes=codes[items, -1].numpy() % 2,
+    )
+    head = make_head(seed=0, dropout=0.0)
+    stats = train_ranker(
+        head, lm, vocab, sids, examples, steps=250, batch_size=16, lr=5e-3,
+        n_random_negatives=6, n_beam_negatives=1, seed=0, progress=False,
+    )  # fmt: skip
+    assert len(stats["losses"]) == 250 and stats["examples"] == 48 * 5
+    assert stats["final_loss"] < 0.6 * stats["first_loss"]
+    # fresh users: a history of 4 items of group g; one candidate of group g, three of others
+    test_groups = torch.arange(24) % SIZES[0]
+    pick = lambda g, k: torch.from_numpy(rng.choice(np.flatnonzero(group == g), size=k))  # noqa: E731
+    hist = torch.stack([pick(int(g), 4) for g in test_groups])
+    true = torch.stack([pick(int(g), 1)[0] for g in test_groups])
+    others = torch.stack(
+        [torch.from_numpy(rng.choice(np.flatnonzero(group != int(g)), size=3)) for g in test_groups]
+    )
+    ids, mask = history_inputs(vocab, codes, hist, codes[hist, -1] % 2)
+    with torch.no_grad():
+        states = encode_history(lm, ids, mask)
+    cands = torch.cat([others, true[:, None]], 1)
+    out = rank_candidates(head, lm, vocab, sids, states, mask, cands)
+    assert (out.items[:, 0] == true).float().mean() >= 0.75  # chance: 0.25
+    # the predicted outcome of the true item follows the parity of its last code
+    p_true = out.probs[torch.arange(24), (out.items == true[:, None]).int().argmax(1)]
+    like_wins = p_true[:, 0] > p_true[:, 1]
+    assert (like_wins == (codes[true, -1] % 2 == 0)).float().mean() >= 0.8
+
+
+def test_beam_negatives_come_from_the_beam_search_and_reuse_its_history_states():
+    lm, vocab, sids = make_setup()
+    examples = RankingExamples(
+        offsets=np.array([0, 5, 9]), items=np.arange(9) * 3 % 30, outcomes=np.arange(9) % 2
+    )
+    calls = []
+
+    def beam_fn(input_ids, attention_mask, exclude_items):
+        out = constrained_beam_search(
+            lm, vocab, sids.trie, input_ids, attention_mask, num_beams=4, outcome="like",
+            exclude_items=exclude_items,
+        )  # fmt: skip
+        calls.append((out.items, exclude_items))
+        return out
+
+    counter = CountForwards(lm)
+    head = make_head()
+    train_ranker(
+        head, lm, vocab, sids, examples, steps=3, batch_size=4, lr=1e-3,
+        n_random_negatives=2, n_beam_negatives=4, beam_fn=beam_fn, progress=False,
+    )  # fmt: skip
+    counter.handle.remove()
+    assert len(calls) == 3
+    # one history forward per step: the beam search's prefill, no second encoding
+    # (histories hold >= 1 item = 4 tokens, + the outcome; decode steps feed <= 4 beams)
+    assert counter.history_forwards(5) == 3
+    for items, excluded in calls:
+        for b in range(items.shape[0]):  # the history is never proposed as a negative
+            hist = set(excluded[b][excluded[b] >= 0].tolist())
+            assert not hist & set(items[b][items[b] >= 0].tolist())
+
+
+def test_bad_inputs_raise_value_errors_that_name_the_value():
+    with pytest.raises(ValueError, match="head_size=30"):
+        RankingHeadConfig(hidden_size=32, num_levels=3, head_size=30, n_heads=4)
+    with pytest.raises(ValueError, match="'none'"):
+        RankingHeadConfig(hidden_size=32, num_levels=3, outcomes=["like", "none"])
+    lm, vocab, sids = make_setup()
+    head = make_head()
+    ids, mask, _ = make_histories(vocab, sids, [3])
+    states = torch.zeros(1, ids.shape[1], 32)
+    with pytest.raises(ValueError, match="top_k=5"):
+        rank_candidates(head, lm, vocab, sids, states, mask, torch.tensor([[1, 2]]), top_k=5)
+    with pytest.raises(ValueError, match="beam_scores"):
+        rank_candidates(head, lm, vocab, sids, states, mask, torch.tensor([[1]]), beam_weight=0.5)
+    with pytest.raises(ValueError, match="catalogue size 30"):
+        rank_candidates(head, lm, vocab, sids, states, mask, torch.tensor([[1, 30]]))

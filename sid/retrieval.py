@@ -163,6 +163,136 @@ def _outcome_plan(vocab, outcome, num_beams, top_k):
     raise ValueError(f"outcome must be None, a label or a {{label: count}} dict, got {outcome!r}")
 
 
+# --------------------------------------------------------------------------- KV strategies
+def _shared_history_ok(lm) -> bool:
+    """Custom 4D additive masks work with the eager and SDPA attention implementations."""
+    impl = getattr(lm.config, "_attn_implementation", None) or "eager"
+    return impl in ("eager", "sdpa")
+
+
+class _SharedHistoryDecoder:
+    """Decode with ONE copy of each user's history in the KV cache.
+
+    All beams of a user are fed as parallel query positions of that user's row (tree
+    attention): a beam's level-l token attends to the real history tokens, its own outcome
+    token and its ancestors' tokens, expressed by a 4D additive mask. Nothing in the cache is
+    ever copied or reordered; it only grows by ``n_out * width`` entries per level, where a
+    beam-expanded cache would hold ``num_beams`` copies of the history and gather them at
+    every step.
+    """
+
+    def __init__(self, lm, cache: DynamicCache, mask: LongTensor, n_out: int):
+        self.lm, self.cache, self.n_out = lm, cache, n_out
+        self.B = mask.shape[0]
+        self.dtype = lm.dtype
+        self.visible = mask.bool()  # [G, C0] keys every query of group g may see
+        self.next_pos = mask.sum(-1)  # [B] position of the next token
+        if n_out > 1:
+            self.visible = self.visible.repeat_interleave(n_out, dim=0)
+        self.cache_len = mask.shape[1]
+        self.anc = None  # [G, width, l] slot of each beam's ancestor at fed levels 0..l-1
+        self.block_start: list[int] = []  # cache index of each fed level's block
+        self.block_width: list[int] = []  # beams per group in each fed level's block
+
+    def _attend(self, ids, allowed, prefix_codes):
+        """ids [B, Q] fed tokens; allowed BoolTensor [B, Q, cache_len + Q] → hidden [B, Q, H]."""
+        B, Q = ids.shape
+        bias = torch.zeros(allowed.shape, dtype=self.dtype, device=ids.device)
+        bias = bias.masked_fill(~allowed, torch.finfo(self.dtype).min)[:, None]
+        positions = self.next_pos[:, None].expand(B, Q)
+        if prefix_codes is not None and getattr(
+            self.lm.get_input_embeddings(), "accepts_prefix_codes", False
+        ):
+            # one prefix per beam: embed beam tokens as a column, then lay them out per user
+            x = _embed(self.lm, ids.reshape(-1, 1), prefix_codes).view(B, Q, -1)
+        else:
+            x = _embed(self.lm, ids, None)
+        out = self.lm.base_model(
+            inputs_embeds=x,
+            attention_mask=bias,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache_len += Q
+        return out.last_hidden_state
+
+    def branch_outcomes(self, outcome_tok: LongTensor) -> FloatTensor:
+        """Feed the n_out outcome tokens side by side; outcome o sees the history and itself."""
+        B, n_o = self.B, self.n_out
+        own = torch.eye(n_o, dtype=torch.bool, device=outcome_tok.device).expand(B, n_o, n_o)
+        hist = self.visible.view(B, n_o, -1)
+        allowed = torch.cat([hist, own], dim=-1)  # [B, n_o, C0 + n_o]
+        h = self._attend(outcome_tok.expand(B, n_o), allowed, None)
+        self.visible = allowed.reshape(B * n_o, -1)
+        self.next_pos = self.next_pos + 1
+        return h.reshape(B * n_o, -1)
+
+    def step(self, tok, parent, rows, prev_codes) -> FloatTensor:
+        """tok/parent [G, W] the new beams' tokens and parent slots → hidden [G * W, H]."""
+        G, W = tok.shape
+        B, n_o = self.B, self.n_out
+        dev = tok.device
+        slot = torch.arange(W, device=dev).expand(G, W)
+        if self.anc is None:
+            anc = slot[:, :, None]
+        else:
+            anc = torch.cat(
+                [
+                    self.anc.gather(1, parent[:, :, None].expand(-1, -1, self.anc.shape[2])),
+                    slot[:, :, None],
+                ],
+                2,
+            )
+        self.anc = anc
+        self.block_start.append(self.cache_len)
+        self.block_width.append(W)
+        start = torch.tensor(self.block_start, device=dev)
+        widths = torch.tensor(self.block_width, device=dev)
+        o = torch.arange(G, device=dev) % n_o
+        key = start + o[:, None, None] * widths + anc  # [G, W, l + 1] cache index of ancestors
+        Q = n_o * W
+        allowed = torch.zeros(B, Q, self.cache_len + Q, dtype=torch.bool, device=dev)
+        C0 = self.visible.shape[1]
+        allowed[:, :, :C0] = (
+            self.visible.view(B, n_o, 1, C0).expand(B, n_o, W, C0).reshape(B, Q, C0)
+        )
+        allowed.scatter_(2, key.view(B, Q, -1), True)
+        h = self._attend(tok.reshape(B, Q), allowed, prev_codes)
+        self.next_pos = self.next_pos + 1
+        return h.reshape(G * W, -1)
+
+
+class _ExpandedDecoder:
+    """Decode with the cache expanded to one row per beam, gathered by parent at each step.
+
+    The textbook layout (what ``generate`` does); used for attention implementations that
+    do not take custom 4D masks (e.g. flash attention).
+    """
+
+    def __init__(self, lm, cache: DynamicCache, mask: LongTensor, n_out: int):
+        self.lm, self.cache, self.n_out = lm, cache, n_out
+        self.mask = mask  # [rows, S] attention mask of each cache row
+
+    def _feed(self, tok, prefix_codes):
+        positions = self.mask.sum(-1, keepdim=True)
+        ones = torch.ones(self.mask.shape[0], 1, dtype=torch.long, device=self.mask.device)
+        self.mask = torch.cat([self.mask, ones], 1)
+        return _forward(self.lm, tok, self.mask, positions, self.cache, prefix_codes)[:, -1]
+
+    def branch_outcomes(self, outcome_tok: LongTensor) -> FloatTensor:
+        B, n_o = self.mask.shape[0], self.n_out
+        branch = torch.arange(B, device=self.mask.device).repeat_interleave(n_o)
+        self.cache.reorder_cache(branch)
+        self.mask = self.mask[branch]
+        return self._feed(outcome_tok.repeat(B)[:, None], None)
+
+    def step(self, tok, parent, rows, prev_codes) -> FloatTensor:
+        self.cache.reorder_cache(rows)
+        self.mask = self.mask[rows]
+        return self._feed(tok.reshape(-1, 1), prev_codes)
+
+
 # --------------------------------------------------------------------------- beam search
 @torch.no_grad()
 def constrained_beam_search(
@@ -243,32 +373,28 @@ def constrained_beam_search(
     try:
         heads = _level_heads(lm, vocab)
         n_out = len(labels)
-        cache = DynamicCache(config=lm.config)
+        G = B * n_out  # decoding groups, g = b * n_out + o
         ids = input_ids.to(device)
         if n_out == 1 and labels[0] is not None:
             # one outcome: append its token to the history and prefill both at once
             tok = torch.full((B, 1), vocab.outcome_id(labels[0]), dtype=torch.long, device=device)
             ids = torch.cat([ids, tok], dim=1)
             mask = torch.cat([mask, torch.ones_like(tok)], dim=1)
+        cache = DynamicCache(config=lm.config)
         if ids.shape[1] > 0:
             positions = (mask.cumsum(-1) - 1).clamp_min(0)
             hidden = _forward(lm, ids, mask, positions, cache)
-            last = hidden[:, -1]  # [G, H]
-        else:  # no history at all (cold start): the outcome branches below start from scratch
+            last = hidden[:, -1]  # [B, H]
+        else:  # no history at all (cold start): the outcome branches start from scratch
             width_h = lm.config.get_text_config().hidden_size
-            hidden = torch.zeros(B, 0, width_h, device=device)
+            hidden = torch.zeros(B, 0, width_h, device=device, dtype=lm.dtype)
             last = None
         history_states = hidden[:, :T] if return_states else None
+        decoder_cls = _SharedHistoryDecoder if _shared_history_ok(lm) else _ExpandedDecoder
+        decoder = decoder_cls(lm, cache, mask, n_out)
         if n_out > 1:
-            # branch the shared history cache: group g = b * n_out + o
-            branch = torch.arange(B, device=device).repeat_interleave(n_out)
-            cache.reorder_cache(branch)
-            mask = mask[branch]
-            tok = torch.tensor([vocab.outcome_id(o) for o in labels], device=device).repeat(B)
-            positions = mask.sum(-1, keepdim=True)
-            mask = torch.cat([mask, torch.ones(B * n_out, 1, dtype=torch.long, device=device)], 1)
-            last = _forward(lm, tok[:, None], mask, positions, cache)[:, -1]
-        G = B * n_out
+            outcome_tok = torch.tensor([vocab.outcome_id(o) for o in labels], device=device)
+            last = decoder.branch_outcomes(outcome_tok)  # [G, H]
 
         nodes = torch.zeros(G, dtype=torch.long, device=device)  # [G * width]
         scores = torch.zeros(G, 1, device=device)  # [G, width]
@@ -290,7 +416,7 @@ def constrained_beam_search(
             cand = (scores[:, :, None] + logp.view(G, width, K)).view(G, width * K)
             n_keep = min(nb, width * K)
             scores, flat = cand.topk(n_keep, dim=-1)  # sorted descending
-            parent = torch.div(flat, K, rounding_mode="floor")
+            parent = torch.div(flat, K, rounding_mode="floor")  # [G, n_keep]
             code = flat - parent * K
             rows = (group_ar[:, None] * width + parent).view(-1)  # previous flat row of each beam
             prev_codes = codes.view(G * width, level)[rows]
@@ -302,12 +428,8 @@ def constrained_beam_search(
             # dead beams (-inf: fewer valid continuations than beams) park at the root;
             # their score stays -inf and they never reach the results
             nodes = child.clamp_min(0)
-            cache.reorder_cache(rows)
-            mask = mask[rows]
-            positions = mask.sum(-1, keepdim=True)
-            mask = torch.cat([mask, torch.ones(G * width, 1, dtype=torch.long, device=device)], 1)
-            tok = (vocab.level_start[level] + code).view(-1, 1)
-            last = _forward(lm, tok, mask, positions, cache, prefix_codes=prev_codes)[:, -1]
+            tok = vocab.level_start[level] + code  # [G, width]
+            last = decoder.step(tok, parent, rows, prev_codes)  # [G * width, H]
 
         alive = torch.isfinite(scores)  # [G, nb]
         items = child.view(G, width).where(alive, -1)

@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+import sid.retrieval as retrieval
 from sid.retrieval import constrained_beam_search, teacher_forced_level_correct
 from sid.vocab import SIDVocab
 
@@ -42,12 +43,10 @@ class LocalTrie:
 
 def make_trie(codes: torch.Tensor, sizes: list[int]):
     try:
-        from sid.codes import SemanticIDs
+        from sid.codes import PrefixTrie
     except ImportError:
         return LocalTrie(codes, sizes)
-    sids = SemanticIDs.from_codes(codes, [f"i{i}" for i in range(len(codes))], codebook_sizes=sizes)
-    assert torch.equal(sids.codes, codes)
-    return sids.trie
+    return PrefixTrie.build(codes, sizes)
 
 
 def random_codes(n: int, sizes: list[int], seed: int) -> torch.Tensor:
@@ -147,6 +146,20 @@ def item_of_codes(trie, codes):
     return node
 
 
+@pytest.fixture(params=["shared-sdpa", "shared-eager", "expanded"])
+def strategy(request, monkeypatch):
+    """KV layout of the decode: one history copy per user (SDPA or eager), or per beam."""
+    if request.param == "expanded":
+        monkeypatch.setattr(retrieval, "_shared_history_ok", lambda lm: False)
+    return request.param
+
+
+def apply_strategy(lm, strategy):
+    if strategy == "shared-eager":
+        lm.set_attn_implementation("eager")
+    return lm
+
+
 # ----------------------------------------------------------------------------- tests
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
@@ -180,8 +193,9 @@ def test_results_are_valid_unique_sids(sizes, n_frac, beams, seed, lengths):
 
 
 @pytest.mark.parametrize("tie", [False, True])
-def test_wide_beam_equals_brute_force_top_k(tie):
+def test_wide_beam_equals_brute_force_top_k(tie, strategy):
     lm, vocab, trie, codes = make_setup((4, 3, 5), 30, seed=1, tie=tie)
+    apply_strategy(lm, strategy)
     ids, mask, _ = make_histories(vocab, codes, [3, 1, 2], seed=1)
     out = constrained_beam_search(
         lm, vocab, trie, ids, mask, num_beams=30, top_k=10, outcome="watch"
@@ -201,8 +215,9 @@ def test_scores_are_summed_level_log_probs_of_returned_items():
     assert torch.allclose(out.scores, brute.gather(1, out.items), atol=1e-4)
 
 
-def test_left_padding_matches_running_each_user_alone():
+def test_left_padding_matches_running_each_user_alone(strategy):
     lm, vocab, trie, codes = make_setup((4, 4, 3), 40, seed=3)
+    apply_strategy(lm, strategy)
     ids, mask, _ = make_histories(vocab, codes, [5, 1, 3, 0], seed=3)
     batch = constrained_beam_search(
         lm, vocab, trie, ids, mask, num_beams=8, outcome={"like": 5, "watch": 3}
@@ -237,8 +252,9 @@ def test_generation_config_does_not_change_results():
     assert torch.equal(before.scores, after.scores)
 
 
-def test_budget_returns_asked_counts_per_outcome_without_duplicates():
+def test_budget_returns_asked_counts_per_outcome_without_duplicates(strategy):
     lm, vocab, trie, codes = make_setup((4, 3, 5), 30, seed=5)
+    apply_strategy(lm, strategy)
     ids, mask, _ = make_histories(vocab, codes, [3, 2, 4], seed=5)
     out = constrained_beam_search(
         lm, vocab, trie, ids, mask, num_beams=10, outcome={"like": 6, "watch": 4}
@@ -298,8 +314,9 @@ def test_exclude_items_removes_them_and_keeps_other_scores():
         assert torch.allclose(out.scores[b], full.scores[b, sel])
 
 
-def test_more_beams_than_catalogue_keeps_dead_beams_out():
+def test_more_beams_than_catalogue_keeps_dead_beams_out(strategy):
     lm, vocab, trie, codes = make_setup((3, 3), 4, seed=9)
+    apply_strategy(lm, strategy)
     ids, mask, _ = make_histories(vocab, codes, [1], seed=9)
     out = constrained_beam_search(lm, vocab, trie, ids, mask, num_beams=9, outcome="like")
     assert sorted(out.items[0, :4].tolist()) == [0, 1, 2, 3]
@@ -335,8 +352,9 @@ def test_bad_arguments_raise_value_errors():
         )
 
 
-def test_prefix_codes_reach_an_embedding_that_accepts_them():
+def test_prefix_codes_reach_an_embedding_that_accepts_them(strategy):
     lm, vocab, trie, codes = make_setup((4, 3, 2), 20, seed=12)
+    apply_strategy(lm, strategy)
     ids, mask, _ = make_histories(vocab, codes, [2, 2], seed=12)
     seen = []
 
@@ -410,10 +428,11 @@ def test_teacher_forced_level_correct_is_all_true_for_the_top_beam():
     assert out.scores[:, 0].ge(greedy.scores[:, 0] - 1e-5).all()
 
 
-def test_prefixmem_attached_wide_beam_equals_brute_force():
+def test_prefixmem_attached_wide_beam_equals_brute_force(strategy):
     from prefixmem import PrefixMem, PrefixMemConfig
 
     lm, vocab, trie, codes = make_setup((4, 3, 5), 30, seed=15)
+    apply_strategy(lm, strategy)
     cfg = PrefixMemConfig(codebook_sizes=[4, 3, 5], hidden_size=32, head_dim=8, gate_init=1.0)
     torch.manual_seed(15)
     pm = PrefixMem(cfg)

@@ -69,7 +69,7 @@ class RankingHeadConfig:
     head_size: int = 128
     n_layers: int = 2
     n_heads: int = 4
-    ffn_mult: int = 4
+    ffn_mult: int = 2
     dropout: float = 0.1
     extra_size: int | None = None
 

@@ -67,8 +67,13 @@ def _forward(
     prefix_codes: LongTensor | None = None,
 ) -> FloatTensor:
     """Last hidden states [N, S, H] of ``lm.base_model`` (never the full-vocab head)."""
+    return _base_forward(lm, _embed(lm, ids, prefix_codes), mask, positions, cache)
+
+
+def _base_forward(lm, x: FloatTensor, mask, positions: LongTensor, cache) -> FloatTensor:
+    """inputs_embeds x [N, S, H] → last hidden states [N, S, H]; mask 2D [N, C+S] or 4D."""
     out = lm.base_model(
-        inputs_embeds=_embed(lm, ids, prefix_codes),
+        inputs_embeds=x,
         attention_mask=mask,
         position_ids=positions,
         past_key_values=cache,
@@ -207,15 +212,8 @@ class _SharedHistoryDecoder:
             x = _embed(self.lm, ids.reshape(-1, 1), prefix_codes).view(B, Q, -1)
         else:
             x = _embed(self.lm, ids, None)
-        out = self.lm.base_model(
-            inputs_embeds=x,
-            attention_mask=bias,
-            position_ids=positions,
-            past_key_values=self.cache,
-            use_cache=True,
-        )
         self.cache_len += Q
-        return out.last_hidden_state
+        return _base_forward(self.lm, x, bias, positions, self.cache)
 
     def branch_outcomes(self, outcome_tok: LongTensor) -> FloatTensor:
         """Feed the n_out outcome tokens side by side; outcome o sees the history and itself."""

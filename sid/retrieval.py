@@ -10,6 +10,12 @@ children of the beam's prefix in the :class:`~sid.codes.PrefixTrie`, and normali
 log-softmax over the valid children only, so a beam's score is the summed log-probability of
 its SID under the trie: ``sum_l log p(c_l | history, outcome, c_<l, c_l valid)``.
 
+The history's KV cache is held once per user, never once per beam: all beams of a user are
+fed as parallel query positions of that user's row under a 4D tree mask (each beam sees the
+history, its outcome token and its own ancestors). With eager/SDPA attention this replaces the
+``num_beams``-fold cache copy and per-step gather of a textbook beam search; other attention
+implementations fall back to that textbook layout (same results).
+
 Everything is tensor code over users × outcomes × beams; the only Python loops run over the
 SID levels and the (few) outcomes. ``lm.generate`` and ``lm.generation_config`` are not used.
 """

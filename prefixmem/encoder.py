@@ -60,18 +60,27 @@ class PrefixMem(nn.Module):
             self.key = None
 
     # ------------------------------------------------------------------ lookups
+    def features(
+        self,
+        levels: torch.Tensor,
+        prefix_codes: torch.Tensor,
+        order_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Normalised memory vector per token, independent of the LM (what pre-training trains).
+
+        levels: LongTensor [*] (-1: non-SID); prefix_codes: LongTensor [*, L]; order_mask: [*, N] or None.
+        Returns FloatTensor [*, memory_dim].
+        """
+        return self.norm(self.memory(levels, prefix_codes, order_mask))
+
     def encode(
         self,
         levels: torch.Tensor,
         prefix_codes: torch.Tensor,
         order_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Ungated memory value per token (what pre-training trains).
-
-        levels: LongTensor [*] (-1: non-SID); prefix_codes: LongTensor [*, L]; order_mask: [*, N] or None.
-        Returns FloatTensor [*, hidden_size].
-        """
-        return self.value(self.norm(self.memory(levels, prefix_codes, order_mask)))
+        """Ungated memory value per token, projected to the LM width: FloatTensor [*, hidden_size]."""
+        return self.value(self.features(levels, prefix_codes, order_mask))
 
     def gate(
         self, levels: torch.Tensor, memory_norm: torch.Tensor, embeds: torch.Tensor
@@ -103,7 +112,7 @@ class PrefixMem(nn.Module):
                 f"embedding width {embeds.shape[-1]} != PrefixMem hidden_size "
                 f"{self.config.hidden_size}; build PrefixMem with the LM's hidden size"
             )
-        mem = self.norm(self.memory(levels, prefix_codes, order_mask))
+        mem = self.features(levels, prefix_codes, order_mask)
         value = self.value(mem).to(embeds.dtype)
         g = self.gate(levels, mem, embeds.float()).to(embeds.dtype)
         return torch.where((levels >= 0).unsqueeze(-1), embeds + g * value, embeds)
@@ -350,14 +359,18 @@ class PrefixMemEmbedding(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, prefix_codes: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """input_ids: LongTensor [B, T]; prefix_codes: LongTensor [B, l] or None.
+        """input_ids: LongTensor [B, T] (or [T]); prefix_codes: LongTensor [B, l] or None.
 
         Returns FloatTensor [B, T, hidden]: the token embeddings plus the gated PrefixMem vector
         at SID positions.
         """
-        embeds = self._embed(input_ids)
+        if input_ids.dim() == 1:  # a single unbatched sequence
+            return self.forward(input_ids[None], prefix_codes)[0]
         if input_ids.dim() != 2:
-            return embeds
+            raise ValueError(
+                f"input_ids must be [B, T] (or [T]), got shape {tuple(input_ids.shape)}"
+            )
+        embeds = self._embed(input_ids)
         ctx_ids, T = input_ids, input_ids.shape[1]
         gen, self._generation_ids = self._generation_ids, None
         if (

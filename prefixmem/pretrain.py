@@ -1,14 +1,17 @@
 """Stand-alone pre-training of a PrefixMem on a catalogue's semantic IDs, before any LM sees it.
 
-Two objectives on the ungated memory value ``v_l = PrefixMem.encode(level l, prefix c_0..c_l)``:
+Two objectives on the normalised memory vector ``m_l = PrefixMem.features(level l, prefix c_0..c_l)``
+(``memory_dim`` wide, before the projection to the LM width, so a pre-trained memory does not
+depend on the LM it is later attached to; the projection and the gate are learned with the LM):
 
-- next code: from ``v_l`` (l < L-1) predict the item's code at level l+1 by cross-entropy over the
+- next code: from ``m_l`` (l < L-1) predict the item's code at level l+1 by cross-entropy over the
   valid children of the prefix only (the trie's ``node_child[l+1][node] >= 0``) — what the LM must
   do at that position, so the memory learns to carry the prefix's children;
-- content: from the full SID's value ``v_{L-1}`` predict the item's content embedding (cosine loss),
+- content: from the full SID's vector ``m_{L-1}`` predict the item's content embedding (cosine loss),
   so items with similar content get similar deep memory vectors.
 
-The prediction heads exist only here and are thrown away; the PrefixMem is trained in place.
+The prediction heads exist only here and are thrown away; the PrefixMem's tables and norm are
+trained in place.
 The memory table gets sparse gradients (SparseAdam): a step touches only the rows of the batch,
 which keeps CPU pre-training fast even with large tables.
 """
@@ -35,9 +38,9 @@ def pretrain_prefixmem(
     semantic_ids,
     item_embeddings,
     *,
-    steps: int = 1000,
-    batch_size: int = 512,
-    lr: float = 3e-3,
+    steps: int = 500,
+    batch_size: int = 256,
+    lr: float = 1e-2,
     seed: int = 0,
     content_weight: float = 1.0,
     progress: bool = True,
@@ -85,14 +88,17 @@ def pretrain_prefixmem(
             )
         emb = F.normalize(emb, dim=-1)
 
-    d = cfg.hidden_size
+    d = cfg.memory_dim
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         heads = nn.ModuleList(nn.Linear(d, k) for k in cfg.codebook_sizes[1:]).to(device)
         content = nn.Linear(d, emb.shape[1]).to(device) if emb is not None else None
     table = prefixmem.memory.table
-    dense = [p for n, p in prefixmem.named_parameters() if not n.startswith("memory.table")]
-    dense += list(heads.parameters()) + (list(content.parameters()) if content else [])
+    dense = (
+        list(prefixmem.norm.parameters())
+        + list(heads.parameters())
+        + (list(content.parameters()) if content else [])
+    )
     opt_dense = torch.optim.Adam(dense, lr=lr)
     opt_table = torch.optim.SparseAdam([table.weight], lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -101,7 +107,7 @@ def pretrain_prefixmem(
     def losses(idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
         c = codes[idx]  # [B, L]
         prefix = c.unsqueeze(1).expand(-1, L, -1)  # [B, L(token level), L(codes)]
-        v = prefixmem.encode(levels.expand(len(idx), -1), prefix)  # [B, L, d]
+        v = prefixmem.features(levels.expand(len(idx), -1), prefix)  # [B, L, memory_dim]
         logits = []
         for lv in range(L - 1):
             allowed = node_child[lv + 1][item_nodes[idx, lv + 1]] >= 0  # [B, K_{lv+1}]

@@ -334,7 +334,7 @@ def _plots(report_dir: Path, results: dict) -> None:
     _save_png(fig, report_dir / "per_level_accuracy.png")
     plt.close(fig)
     health = results.get("codebook_health") or {}
-    util = health.get("utilisation") or health.get("per_level_utilisation")
+    util = [level["utilisation"] for level in health.get("levels", [])]
     if util:
         fig, ax = plt.subplots(figsize=(5, 3.2))
         ax.bar(np.arange(len(util)), util)

@@ -93,7 +93,7 @@ class SIDArguments:
     collision_policy: str = field(
         default="suffix", metadata={"help": "suffix (extra level) | reassign (nearest free code)."}
     )
-    sid_epochs: int = field(default=300, metadata={"help": "RQ-VAE training epochs."})
+    sid_epochs: int = field(default=150, metadata={"help": "RQ-VAE training epochs."})
 
 
 @dataclass
@@ -345,7 +345,13 @@ def sid_stage(
         if args.collision_policy == "reassign"
         else None,
     )
-    health = codebook_health(tokenizer, vectors, raw, sids)
+    health = codebook_health(
+        raw,
+        codebook_sizes=tokenizer.codebook_sizes,
+        semantic_ids=sids,
+        embeddings=vectors,
+        tokenizer=tokenizer,
+    )
     tokenizer.save_pretrained(run.path / "tokenizer")
     run.mark("tokenizer", key)
     sids.save(run.path)

@@ -58,7 +58,7 @@ def test_history_tokens_round_trip_to_level_and_code(setup):
     rec, split = setup
     items, outcomes = split.train_sequence(0)
     ids = history_token_ids(items, outcomes, rec.sids, rec.vocab, rec.outcome_token_ids())
-    L = len(SIZES)
+    L = rec.vocab.num_levels
     per_item = ids.view(len(items), 1 + L)
     levels, codes = rec.vocab.token_levels_codes(per_item)
     assert (levels[:, 0] == -1).all()  # the outcome token is not a SID token
@@ -73,7 +73,7 @@ def test_history_tokens_round_trip_to_level_and_code(setup):
 def test_no_valid_or_test_target_enters_a_training_window(setup):
     rec, split = setup
     windows = build_train_windows(split, rec.sids, rec.vocab, max_items=5, stride=2)
-    L1 = 1 + len(SIZES)
+    L1 = 1 + rec.vocab.num_levels
     for ids, user in zip(windows["input_ids"], windows["user"], strict=True):
         seen = torch.tensor(ids).view(-1, L1)[:, 1:]
         for target in (split.valid_items[user], split.test_items[user]):
@@ -87,7 +87,7 @@ def test_no_valid_or_test_target_enters_a_training_window(setup):
 def test_every_train_item_is_a_target_exactly_once(setup):
     rec, split = setup
     windows = build_train_windows(split, rec.sids, rec.vocab, max_items=5, stride=2)
-    L = len(SIZES)
+    L = rec.vocab.num_levels
     targets_per_user = {}
     for labels, user in zip(windows["labels"], windows["user"], strict=True):
         lab = torch.tensor(labels).view(-1, 1 + L)
@@ -101,7 +101,7 @@ def test_every_train_item_is_a_target_exactly_once(setup):
 def test_eval_examples_label_only_the_target(setup):
     rec, split = setup
     ex = build_eval_examples(split, rec.sids, rec.vocab, max_items=4, which="valid")
-    lab = torch.tensor(ex["labels"][0]).view(-1, 1 + len(SIZES))
+    lab = torch.tensor(ex["labels"][0]).view(-1, 1 + rec.vocab.num_levels)
     assert (lab[:-1] == IGNORE).all() and (lab[-1, 0] == IGNORE)
     gold = rec.vocab.sid_token_ids(rec.sids.codes[split.valid_items[0]])
     assert lab[-1, 1:].tolist() == gold.tolist()
@@ -137,7 +137,7 @@ def test_loss_falls_until_next_sid_accuracy_exceeds_0_9(tmp_path):
         "tiny", synthetic_sids(), ["like", "watch"], hidden_size=64, intermediate_size=128
     )
     split = leave_one_out(cyclic_data(n_users=64))
-    trainer = _train(rec, split, tmp_path, max_steps=150)
+    trainer = _train(rec, split, tmp_path, max_steps=250)
     before = trainer.evaluate()
     trainer.train()
     after = trainer.evaluate()

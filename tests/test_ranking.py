@@ -176,6 +176,22 @@ def test_head_outputs_outcomes_plus_none_logits_and_ignores_history_padding():
         assert torch.isfinite(head(states, torch.zeros_like(mask), emb)).all()
 
 
+def test_extra_candidate_vectors_start_as_a_no_op_and_are_shape_checked():
+    lm, vocab, sids = make_setup()
+    head = make_head()
+    ids, mask, _ = make_histories(vocab, sids, [3, 2])
+    with torch.no_grad():
+        states = encode_history(lm, ids, mask)
+        emb = candidate_embeddings(lm, vocab, sids.codes[torch.tensor([[0, 1], [2, 3]])])
+        extra = torch.randn(2, 2, head.config.extra_size)
+        plain = head(states, mask, emb)
+        assert torch.equal(head(states, mask, emb, extra), plain)  # zero-initialised projection
+        head.extra_proj.weight.normal_()
+        assert not torch.allclose(head(states, mask, emb, extra), plain)
+        with pytest.raises(ValueError, match="extra must be"):
+            head(states, mask, emb, extra[:, :1])
+
+
 def test_returned_order_is_argsort_of_final_scores_and_candidate_permutation_changes_nothing():
     lm, vocab, sids = make_setup()
     head = make_head()

@@ -367,12 +367,29 @@ def test_prefix_codes_step_by_step_equals_full_forward():
 
 
 def random_catalogue(n_items, sizes, seed):
-    """Unique random SIDs with a stand-in trie (node_child, item_nodes) as in sid.codes."""
+    """Unique random SIDs: sid.codes.SemanticIDs when present, else a stand-in with the same
+    trie tensors (node_child, item_nodes)."""
     g = torch.Generator().manual_seed(seed)
     rows = set()
     while len(rows) < n_items:
         rows.add(tuple(int(torch.randint(0, k, (1,), generator=g)) for k in sizes))
     codes = torch.tensor(sorted(rows))
+    try:
+        from sid.codes import SemanticIDs
+    except ImportError:
+        pass
+    else:
+        ids = [str(i) for i in range(n_items)]
+        sids = SemanticIDs.from_codes(
+            codes,
+            ids,
+            codebook_sizes=sizes,
+            collision_level=False,
+            policy="reassign",
+            distances=torch.zeros(n_items, sizes[-1]),
+        )
+        if list(sids.codebook_sizes) == list(sizes):
+            return sids
     L = len(sizes)
     node_of = [{(): 0}] + [{} for _ in range(L - 1)]
     item_nodes = torch.zeros(n_items, L, dtype=torch.long)

@@ -134,13 +134,6 @@ def check_sid_capacity(
         )
 
 
-def seed_everything_local(seed: int) -> torch.Generator:
-    """A torch generator seeded with `seed` (callers wrap global-RNG code in fork_rng)."""
-    g = torch.Generator()
-    g.manual_seed(int(seed))
-    return g
-
-
 def atomic_save_pretrained(
     save_directory: str | os.PathLike, config: dict[str, Any], tensors: dict[str, torch.Tensor]
 ) -> None:

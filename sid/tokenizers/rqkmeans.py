@@ -180,7 +180,7 @@ class RQKMeans:
             sample = self.init_sample or max(40 * k, 8192)
             rng = np.random.RandomState(seed)
             best, best_inertia = None, math.inf
-            for run in range(self.n_init):
+            for _ in range(self.n_init):
                 run_seed = int(rng.randint(0, 2**31 - 1))
                 if n > sample:
                     # Seeding on all N rows dominates the cost of a fit; a subsample plus a

@@ -184,7 +184,8 @@ class RQVAE:
         net = self.net
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         n = train.shape[0]
-        bs = min(self.batch_size, n)
+        # k-means init runs on the first batch, which must hold at least K vectors per level
+        bs = min(n, max(self.batch_size, max(self.codebook_sizes)))
         # drop a small last batch: EMA code statistics on a handful of vectors kill codes
         steps = max(1, n // bs)
         best, best_state, bad_epochs = math.inf, None, 0

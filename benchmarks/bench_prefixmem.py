@@ -411,6 +411,9 @@ def markdown(report: dict, arms: list[str]) -> str:
             + f" | {r['recall@10']:.4f} | {r['ndcg@10']:.4f} | {r['train_loss_last50']:.3f}"
             + f" | {r['tokens_per_s']:,.0f} | {ratio:.2f}x | {r['params']:,} |"
         )
+    lines.append(
+        f"\ntraining tokens per arm: {report['n_tokens']:,}; total {report['total_s']:.0f} s"
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -54,7 +54,8 @@ class DataArguments:
         default=None, metadata={"help": "Items file with item ids and text (custom datasets)."}
     )
     user_col: str = field(default="user_id", metadata={"help": "Interactions: user id column."})
-    item_col: str = field(default="item_id", metadata={"help": "Item id column (both files)."})
+    item_col: str = field(default="item_id", metadata={"help": "Interactions: item id column."})
+    items_item_col: str = field(default="item_id", metadata={"help": "Items: item id column."})
     time_col: str = field(default="timestamp", metadata={"help": "Interactions: time column."})
     outcome_col: str | None = field(
         default=None, metadata={"help": "Interactions: outcome label column (click/save/…)."}
@@ -116,12 +117,19 @@ class ModelArguments:
         default=False, metadata={"help": "Also train on predicting outcome tokens."}
     )
     prefixmem: bool = field(
-        default=False, metadata={"help": "Pre-train PrefixMem on the SIDs and attach it."}
+        default=False, metadata={"help": "Attach a new PrefixMem to the LM (trained with it)."}
+    )
+    prefixmem_pretrain: bool = field(
+        default=False, metadata={"help": "Pre-train PrefixMem on the SIDs alone, then attach it."}
     )
     prefixmem_path: str | None = field(
         default=None, metadata={"help": "Attach a saved PrefixMem folder instead."}
     )
     prefixmem_steps: int = field(default=300, metadata={"help": "PrefixMem pre-training steps."})
+    prefixmem_table_size: int = field(
+        default=16_384, metadata={"help": "PrefixMem: largest directly indexed / hashed table."}
+    )
+    prefixmem_head_dim: int = field(default=16, metadata={"help": "PrefixMem: width of a row."})
     ranker: bool = field(
         default=False, metadata={"help": "Train the cross-attention ranking head after the LM."}
     )
@@ -169,6 +177,9 @@ PRESETS: dict[str, dict] = {
         epochs=3.0,
         batch_size=64,
         lr=3e-3,
+        prefixmem=True,
+        prefixmem_table_size=2048,
+        prefixmem_head_dim=8,
         run_dir="runs/quickstart",
     ),
     "ml1m": dict(
@@ -268,7 +279,7 @@ def load_data(args: DataArguments) -> tuple[InteractionData, LeaveOneOutSplit]:
             )
         items = load_items(
             args.items,
-            item_col=args.item_col,
+            item_col=args.items_item_col,
             text_cols=[c.strip() for c in args.text_cols.split(",")],
         )
         data = load_interactions(
@@ -368,35 +379,51 @@ def sid_stage(
 def prefixmem_stage(
     run: RunDir, sids, vectors: np.ndarray, sid_key: str, args: ModelArguments, seed: int
 ):
-    """Pre-train PrefixMem on the SIDs (or load a saved one); None when not asked for."""
-    if not args.prefixmem and not args.prefixmem_path:
+    """A PrefixMem to attach to the LM (fresh, pre-trained or loaded); None when not asked for."""
+    if not (args.prefixmem or args.prefixmem_pretrain or args.prefixmem_path):
         return None, None
     from prefixmem import PrefixMem, PrefixMemConfig
     from sid.model import base_hidden_size
 
     if args.prefixmem_path:
         pm = PrefixMem.from_pretrained(args.prefixmem_path)
+        if list(pm.config.codebook_sizes) != list(sids.codebook_sizes):
+            raise ValueError(
+                f"PrefixMem {args.prefixmem_path} was built for SID codebook sizes "
+                f"{pm.config.codebook_sizes}, this run's SIDs have {list(sids.codebook_sizes)}"
+            )
         log(f"PrefixMem: loaded {args.prefixmem_path} ({pm.num_parameters():,} parameters)")
         return pm, fingerprint("prefixmem", "path", str(Path(args.prefixmem_path).resolve()))
-    from prefixmem.pretrain import pretrain_prefixmem
-
     hidden_size = base_hidden_size(args.model, trust_remote_code=args.trust_remote_code)
-    key = fingerprint("prefixmem", sid_key, args.prefixmem_steps, seed, hidden_size)
-    target = run.path / "prefixmem_pretrained"
-    if run.fresh("prefixmem", key, "prefixmem_pretrained/config.json"):
-        pm = PrefixMem.from_pretrained(target)
+    options = {
+        "table_size": args.prefixmem_table_size,
+        "head_dim": args.prefixmem_head_dim,
+        "pretrain_steps": args.prefixmem_steps if args.prefixmem_pretrain else 0,
+    }
+    key = fingerprint("prefixmem", sid_key, options, seed, hidden_size)
+    target = run.path / "prefixmem_init"
+    if run.fresh("prefixmem", key, "prefixmem_init/config.json"):
         log(f"PrefixMem: reused {target}")
-        return pm, key
+        return PrefixMem.from_pretrained(target), key
     torch.manual_seed(seed)
     pm = PrefixMem(
-        PrefixMemConfig(codebook_sizes=list(sids.codebook_sizes), hidden_size=hidden_size)
+        PrefixMemConfig(
+            codebook_sizes=list(sids.codebook_sizes),
+            hidden_size=hidden_size,
+            table_size=args.prefixmem_table_size,
+            head_dim=args.prefixmem_head_dim,
+        )
     )
-    metrics = pretrain_prefixmem(
-        pm, sids, torch.as_tensor(vectors), steps=args.prefixmem_steps, seed=seed
-    )
+    if args.prefixmem_pretrain:
+        from prefixmem.pretrain import pretrain_prefixmem
+
+        metrics = pretrain_prefixmem(
+            pm, sids, torch.as_tensor(vectors), steps=args.prefixmem_steps, seed=seed
+        )
+        log(f"PrefixMem: pre-trained: {json.dumps(metrics, default=float)}")
     pm.save_pretrained(target)
     run.mark("prefixmem", key)
-    log(f"PrefixMem: pre-trained {pm.num_parameters():,} parameters: {metrics}")
+    log(f"PrefixMem: {pm.num_parameters():,} parameters, attached to the LM's input embeddings")
     return pm, key
 
 

@@ -1,0 +1,133 @@
+"""train.py → run directory → eval.py on a small custom dataset, in seconds."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sid.evaluation import compare_runs, evaluate_run
+from sid.pipeline import arguments_from_dict, run_training
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """40 users walking a 30-item catalogue in a cycle; item vectors given as a .npy file."""
+    folder = tmp_path_factory.mktemp("data")
+    n_items, n_users, length = 30, 40, 12
+    rng = np.random.default_rng(0)
+    (folder / "items.csv").write_text(
+        "item_id,title\n" + "".join(f"m{i},movie {i}\n" for i in range(n_items))
+    )
+    rows = ["user,item,ts,action"]
+    for u in range(n_users):
+        start = int(rng.integers(n_items))
+        for t in range(length):
+            item = (start + t) % n_items
+            rows.append(f"u{u},m{item},{t},{'save' if item % 3 == 0 else 'click'}")
+    (folder / "inter.csv").write_text("\n".join(rows) + "\n")
+    np.save(folder / "emb.npy", rng.normal(size=(n_items, 16)).astype(np.float32))
+    return folder
+
+
+def options(dataset, run_dir, **extra):
+    values = dict(
+        dataset=str(dataset / "inter.csv"),
+        items=str(dataset / "items.csv"),
+        user_col="user",
+        item_col="item",
+        time_col="ts",
+        outcome_col="action",
+        text_cols="title",
+        embeddings=str(dataset / "emb.npy"),
+        sid_tokenizer="rqkmeans",
+        codebook_sizes="4,4",
+        model="tiny",
+        max_items=6,
+        max_steps=4,
+        batch_size=8,
+        save_steps=4,
+        eval_steps=4,
+        logging_steps=2,
+        prefixmem=True,
+        prefixmem_table_size=64,
+        prefixmem_head_dim=4,
+        ranker=True,
+        ranker_steps=3,
+        run_dir=str(run_dir),
+    )
+    values.update(extra)
+    return arguments_from_dict(values)
+
+
+def test_train_then_eval_writes_a_complete_run_and_report(dataset, tmp_path, capsys):
+    run_dir = run_training(*options(dataset, tmp_path / "run"))
+    for artifact in [
+        "config.json",
+        "stages.json",
+        "embeddings.safetensors",
+        "tokenizer/config.json",
+        "semantic_ids.json",
+        "prefixmem/config.json",
+        "model/sid_vocab.json",
+        "ranker/config.json",
+    ]:
+        assert (run_dir / artifact).exists(), artifact
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["training"]["global_step"] == 4
+    assert config["codebook_health"]["collision_rate_after"] == 0
+    capsys.readouterr()
+
+    run_training(*options(dataset, tmp_path / "run"))  # a re-run reuses every stage
+    out = capsys.readouterr().out
+    for stage in [
+        "embeddings: reused",
+        "semantic IDs: reused",
+        "PrefixMem: reused",
+        "model: reused",
+        "ranking head: reused",
+    ]:
+        assert stage in out
+
+    results = evaluate_run(run_dir, split_name="test", num_beams=10, top_k=10, batch_size=16)
+    assert results["users"] == 40
+    assert results["validity"]["invalid_sid_rate"] == 0
+    assert results["validity"]["duplicate_rate"] == 0
+    assert len(results["per_level_accuracy"]["teacher_forced"]) == 3  # 2 levels + collision
+    assert "retrieval+ranking" in results
+    for name in ["metrics.json", "report.md", "per_level_accuracy.png", "codebook_utilisation.png"]:
+        assert (run_dir / "report" / name).exists()
+    assert "| retrieval |" in (run_dir / "report" / "report.md").read_text()
+    table = compare_runs([run_dir, run_dir])
+    assert table.count("run (retrieval)") == 1 and "recall@10" in table
+
+
+def test_changing_the_tokenizer_retrains_only_what_depends_on_it(dataset, tmp_path, capsys):
+    run_training(*options(dataset, tmp_path / "run", ranker=False, prefixmem=False))
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="holds a model trained on SIDs with codebook sizes"):
+        run_training(
+            *options(dataset, tmp_path / "run", ranker=False, prefixmem=False, codebook_sizes="8,8")
+        )
+    out = capsys.readouterr().out
+    assert "embeddings: reused" in out  # the embeddings did not depend on the tokenizer
+    run_training(
+        *options(
+            dataset,
+            tmp_path / "run",
+            ranker=False,
+            prefixmem=False,
+            codebook_sizes="8,8",
+            overwrite=True,
+        )
+    )
+    saved = json.loads((tmp_path / "run" / "model" / "sid_vocab.json").read_text())
+    assert saved["codebook_sizes"][:2] == [8, 8]
+
+
+def test_bad_options_fail_before_any_work(dataset, tmp_path):
+    with pytest.raises(ValueError, match="comma-separated integers"):
+        run_training(*options(dataset, tmp_path / "r", codebook_sizes="4;4"))
+    with pytest.raises(ValueError, match="pass --items"):
+        run_training(*options(dataset, tmp_path / "r", items=None))
+    with pytest.raises(ValueError, match="unknown option"):
+        arguments_from_dict({"nope": 1})

@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> None:
         "--max_users", type=int, default=None, help="Evaluate only the first N users."
     )
     parser.add_argument("--no_rerank", action="store_true", help="Skip the ranking head.")
+    parser.add_argument(
+        "--beam_weight",
+        type=float,
+        default=0.5,
+        help="Share of the (renormalised) beam probability in the ranked score, 0..1.",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, … (default: cpu).")
     parser.add_argument(
         "--compare", nargs="+", metavar="RUN", help="Put saved reports side by side."
@@ -56,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
             max_users=args.max_users,
             rerank=not args.no_rerank,
             device=args.device,
+            beam_weight=args.beam_weight,
         )
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")

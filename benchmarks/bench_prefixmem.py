@@ -30,15 +30,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prefixmem import PrefixMem, PrefixMemConfig  # noqa: E402
 from prefixmem.pretrain import pretrain_prefixmem  # noqa: E402
+from sid.codes import SemanticIDs  # noqa: E402
 from sid.data import leave_one_out, load_builtin  # noqa: E402
 from sid.embed import embed_texts  # noqa: E402
+from sid.model import tiny_config, tiny_text_tokenizer  # noqa: E402
 from sid.vocab import SIDVocab  # noqa: E402
 
 IGNORE = -100
@@ -72,69 +73,6 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------------------- data
-class _Trie:
-    """Minimal stand-in for sid.codes.PrefixTrie (used only while sid.codes is missing)."""
-
-    def __init__(self, codes: torch.Tensor, sizes: list[int]):
-        N, L = codes.shape
-        self.num_levels, self.codebook_sizes = L, list(sizes)
-        node_of = [{(): 0}] + [{} for _ in range(L - 1)]
-        self.item_nodes = torch.zeros(N, L, dtype=torch.long)
-        rows = codes.tolist()
-        for i, row in enumerate(rows):
-            for lv in range(1, L):
-                self.item_nodes[i, lv] = node_of[lv].setdefault(tuple(row[:lv]), len(node_of[lv]))
-        self.node_child = [torch.full((len(node_of[lv]), sizes[lv]), -1) for lv in range(L)]
-        for i, row in enumerate(rows):
-            for lv in range(L):
-                child = i if lv == L - 1 else node_of[lv + 1][tuple(row[: lv + 1])]
-                self.node_child[lv][self.item_nodes[i, lv], row[lv]] = child
-
-    def allowed(self, level, nodes):
-        return self.node_child[level][nodes] >= 0
-
-    def step(self, level, nodes, codes):
-        return self.node_child[level][nodes, codes]
-
-    def to(self, device):
-        return self
-
-
-class _SIDs:
-    def __init__(self, codes, item_ids, sizes):
-        self.codes, self.item_ids, self.codebook_sizes = codes, item_ids, sizes
-        self.trie = _Trie(codes, sizes)
-
-
-def semantic_ids(codes: torch.Tensor, item_ids: list[str], sizes: list[int]):
-    """SemanticIDs from sid.codes (its default collision policy); a minimal stand-in with a
-    suffix collision level when sid.codes is not there yet."""
-    try:
-        from sid.codes import SemanticIDs
-    except ImportError:
-        codes = torch.as_tensor(codes, dtype=torch.long)
-        _, inverse = torch.unique(codes, dim=0, return_inverse=True)
-        if len(torch.unique(inverse)) == len(codes):
-            return _SIDs(codes, item_ids, sizes)
-        # suffix level: rank of the item among the items sharing its SID
-        rank = torch.zeros(len(codes), dtype=torch.long)
-        seen: dict[int, int] = {}
-        for i, g in enumerate(inverse.tolist()):
-            rank[i] = seen.get(g, 0)
-            seen[g] = rank[i].item() + 1
-        return _SIDs(torch.cat([codes, rank[:, None]], 1), item_ids, sizes + [max(seen.values())])
-    return SemanticIDs.from_codes(codes, item_ids, codebook_sizes=sizes)
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    words = ["<pad>", "<unk>", "<s>"]
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token="<s>"
-    )
-
-
 def item_tokens(items, outcomes, codes, vocab) -> np.ndarray:
     """int64 [n, 1 + L]: outcome token then SID tokens of each interaction."""
     out_ids = np.array([vocab.outcome_id(o) for o in vocab.outcomes])
@@ -192,15 +130,12 @@ def valid_examples(split, codes, vocab, max_items: int, pad_id: int, n_users: in
 # ---------------------------------------------------------------------------- models
 def build_lm(vocab_size: int, args) -> LlamaForCausalLM:
     torch.manual_seed(args.seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab_size,
+    cfg = tiny_config(
+        vocab_size,
         hidden_size=args.hidden,
         intermediate_size=2 * args.hidden,
         num_hidden_layers=args.layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
         max_position_embeddings=512,
-        tie_word_embeddings=True,
     )
     return LlamaForCausalLM(cfg)
 
@@ -285,10 +220,10 @@ def main(argv=None) -> dict:
     from sid.tokenizers.rqkmeans import RQKMeans
 
     raw = RQKMeans(codebook_sizes=sizes, seed=args.seed).fit(vectors).encode(vectors)
-    sids = semantic_ids(raw, list(data.item_ids), sizes)
+    sids = SemanticIDs.from_codes(raw, list(data.item_ids), codebook_sizes=sizes)
     sizes = [int(k) for k in sids.codebook_sizes]  # a collision level may have been added
     codes = sids.codes
-    tok = tiny_tokenizer()
+    tok = tiny_text_tokenizer()
     vocab = SIDVocab(sizes, list(data.outcome_labels))
     vocab.add_to_tokenizer(tok)
     X, Y = train_windows(split, codes, vocab, args.max_items, tok.pad_token_id)

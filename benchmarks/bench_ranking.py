@@ -30,6 +30,8 @@ import torch
 # run from a checkout without installing the package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_beam_search import random_codes  # same folder: on sys.path when run as a script
+
 from sid.codes import SemanticIDs
 from sid.model import SIDRecModel
 from sid.ranking import (
@@ -45,18 +47,8 @@ from sid.retrieval import constrained_beam_search
 
 def random_catalogue(n_items: int, sizes: list[int], seed: int) -> SemanticIDs:
     """n_items unique random SIDs (no collision level), like a 3-level RQ codebook."""
-    g = torch.Generator().manual_seed(seed)
-    total = 1
-    for k in sizes:
-        total *= k
-    flat = torch.randperm(total, generator=g)[:n_items]
-    cols = []
-    for k in reversed(sizes):
-        cols.append(flat % k)
-        flat = flat // k
-    codes = torch.stack(cols[::-1], 1)
     return SemanticIDs.from_codes(
-        codes,
+        random_codes(n_items, sizes, seed),
         [str(i) for i in range(n_items)],
         codebook_sizes=sizes,
         policy="reassign",

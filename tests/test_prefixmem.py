@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from conftest import tiny_llama, unique_semantic_ids, word_tokenizer
+from transformers import DynamicCache, LlamaForCausalLM
 
 from prefixmem import PrefixMem, PrefixMemConfig, PrefixMemEmbedding
 from prefixmem.memory import PrefixMemory
@@ -17,32 +17,12 @@ SIZES = [6, 5, 7]
 HIDDEN = 32
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    words = ["<pad>", "<unk>", "<s>", "the", "movie"]
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token="<s>"
-    )
-
-
 def tiny_setup(*, tie=True, gate="scalar", gate_init=0.7, table_size=16, seed=0):
     """Tiny Llama with SID tokens, its vocab and an (unattached) PrefixMem."""
-    tok = tiny_tokenizer()
+    tok = word_tokenizer(["<pad>", "<unk>", "<s>", "the", "movie"])
     vocab = SIDVocab(SIZES, ["like", "watch"])
     vocab.add_to_tokenizer(tok)
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=tie,
-    )
-    model = LlamaForCausalLM(cfg).eval()
+    model = tiny_llama(len(tok), seed=seed, hidden_size=HIDDEN, tie_word_embeddings=tie)
     pm_cfg = PrefixMemConfig(
         codebook_sizes=SIZES,
         hidden_size=HIDDEN,
@@ -367,42 +347,12 @@ def test_prefix_codes_step_by_step_equals_full_forward():
 
 
 def random_catalogue(n_items, sizes, seed):
-    """Unique random SIDs: sid.codes.SemanticIDs when present, else a stand-in with the same
-    trie tensors (node_child, item_nodes)."""
+    """Unique random SIDs (no collision level), in sorted code order."""
     g = torch.Generator().manual_seed(seed)
     rows = set()
     while len(rows) < n_items:
         rows.add(tuple(int(torch.randint(0, k, (1,), generator=g)) for k in sizes))
-    codes = torch.tensor(sorted(rows))
-    try:
-        from sid.codes import SemanticIDs
-    except ImportError:
-        pass
-    else:
-        ids = [str(i) for i in range(n_items)]
-        sids = SemanticIDs.from_codes(
-            codes,
-            ids,
-            codebook_sizes=sizes,
-            collision_level=False,
-            policy="reassign",
-            distances=torch.zeros(n_items, sizes[-1]),
-        )
-        if list(sids.codebook_sizes) == list(sizes):
-            return sids
-    L = len(sizes)
-    node_of = [{(): 0}] + [{} for _ in range(L - 1)]
-    item_nodes = torch.zeros(n_items, L, dtype=torch.long)
-    for i, row in enumerate(codes.tolist()):
-        for lv in range(1, L):
-            item_nodes[i, lv] = node_of[lv].setdefault(tuple(row[:lv]), len(node_of[lv]))
-    node_child = [torch.full((len(node_of[lv]), sizes[lv]), -1) for lv in range(L)]
-    for i, row in enumerate(codes.tolist()):
-        for lv in range(L):
-            child = i if lv == L - 1 else node_of[lv + 1][tuple(row[: lv + 1])]
-            node_child[lv][item_nodes[i, lv], row[lv]] = child
-    trie = SimpleNamespace(node_child=node_child, item_nodes=item_nodes)
-    return SimpleNamespace(codes=codes, codebook_sizes=list(sizes), trie=trie)
+    return unique_semantic_ids(torch.tensor(sorted(rows)), sizes)
 
 
 def best_possible_next_code_accuracy(codes, level):

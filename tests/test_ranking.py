@@ -1,11 +1,8 @@
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
+from conftest import random_codes, tiny_llama, unique_semantic_ids, word_tokenizer
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from sid.ranking import (
     RankingExamples,
@@ -35,77 +32,13 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-class _Trie:
-    """Test-local prefix trie with the interface of sid.codes.PrefixTrie."""
-
-    def __init__(self, codes: torch.Tensor, sizes: list[int]):
-        n, L = codes.shape
-        self.num_levels, self.codebook_sizes = L, list(sizes)
-        self.node_child, node_of_item = [], [torch.zeros(n, dtype=torch.long)]
-        for level in range(L):
-            table = torch.full((int(node_of_item[level].max()) + 1, sizes[level]), -1)
-            if level == L - 1:
-                table[node_of_item[level], codes[:, level]] = torch.arange(n)
-            else:
-                _, inv = torch.unique(codes[:, : level + 1], dim=0, return_inverse=True)
-                table[node_of_item[level], codes[:, level]] = inv
-                node_of_item.append(inv)
-            self.node_child.append(table)
-        self.item_nodes = torch.stack(node_of_item, 1)
-
-    def allowed(self, level, nodes):
-        return self.node_child[level][nodes] >= 0
-
-    def step(self, level, nodes, codes):
-        return self.node_child[level][nodes, codes]
-
-    def to(self, device):
-        return self
-
-
-def _semantic_ids(codes: torch.Tensor, sizes: list[int]):
-    try:
-        from sid.codes import SemanticIDs
-    except ImportError:
-        return SimpleNamespace(codes=codes, trie=_Trie(codes, sizes))
-    # unique codes: no collision level, so the SIDs are exactly `codes`
-    sids = SemanticIDs.from_codes(
-        codes, [f"i{i}" for i in range(len(codes))], codebook_sizes=sizes, policy="reassign",
-        distances=torch.zeros(len(codes), sizes[-1]), collision_level=False,
-    )  # fmt: skip
-    assert torch.equal(sids.codes, codes)
-    return sids
-
-
-def _random_codes(n: int, sizes: list[int], seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    flat = torch.randperm(int(np.prod(sizes)), generator=g)[:n]
-    codes = []
-    for k in reversed(sizes):
-        codes.append(flat % k)
-        flat = flat // k
-    return torch.stack(codes[::-1], 1)
-
-
 def make_setup(n_items=30, seed=0):
-    tk = Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1, "x": 2}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>")
+    tok = word_tokenizer(["<pad>", "<unk>", "x"])
     vocab = SIDVocab(SIZES, OUTCOMES)
     vocab.add_to_tokenizer(tok)
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
-    lm = LlamaForCausalLM(cfg).eval()
+    lm = tiny_llama(len(tok), seed=seed, max_position_embeddings=512)
     vocab.resize_model(lm)
-    sids = _semantic_ids(_random_codes(n_items, SIZES, seed), SIZES)
+    sids = unique_semantic_ids(random_codes(n_items, SIZES, seed), SIZES)
     return lm, vocab, sids
 
 

@@ -1,11 +1,11 @@
 import pytest
 import torch
+from conftest import random_codes, tiny_llama, word_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import sid.retrieval as retrieval
+from sid.codes import PrefixTrie
 from sid.retrieval import constrained_beam_search, teacher_forced_level_correct
 from sid.vocab import SIDVocab
 
@@ -13,80 +13,18 @@ OUTCOMES = ["like", "watch"]
 
 
 # ----------------------------------------------------------------------------- fixtures
-class LocalTrie:
-    """Test-local PrefixTrie with the interface of sid.codes.PrefixTrie."""
-
-    def __init__(self, codes: torch.Tensor, sizes: list[int]):
-        n, L = codes.shape
-        self.num_levels, self.codebook_sizes = L, list(sizes)
-        self.node_child, node_of_item = [], [torch.zeros(n, dtype=torch.long)]
-        for level in range(L):
-            table = torch.full((int(node_of_item[level].max()) + 1, sizes[level]), -1)
-            if level == L - 1:
-                table[node_of_item[level], codes[:, level]] = torch.arange(n)
-            else:
-                _, inv = torch.unique(codes[:, : level + 1], dim=0, return_inverse=True)
-                table[node_of_item[level], codes[:, level]] = inv
-                node_of_item.append(inv)
-            self.node_child.append(table)
-        self.item_nodes = torch.stack(node_of_item, 1)
-
-    def allowed(self, level, nodes):
-        return self.node_child[level][nodes] >= 0
-
-    def step(self, level, nodes, codes):
-        return self.node_child[level][nodes, codes]
-
-    def to(self, device):
-        return self
-
-
-def make_trie(codes: torch.Tensor, sizes: list[int]):
-    try:
-        from sid.codes import PrefixTrie
-    except ImportError:
-        return LocalTrie(codes, sizes)
-    return PrefixTrie.build(codes, sizes)
-
-
-def random_codes(n: int, sizes: list[int], seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    total = 1
-    for k in sizes:
-        total *= k
-    flat = torch.randperm(total, generator=g)[:n]
-    codes = []
-    for k in reversed(sizes):
-        codes.append(flat % k)
-        flat = flat // k
-    return torch.stack(codes[::-1], 1)
-
-
 def make_setup(sizes=(4, 3, 5), n_items=30, seed=0, tie=False):
     sizes = list(sizes)
-    tk = Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1, "x": 2}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>")
+    tok = word_tokenizer(["<pad>", "<unk>", "x"])
     vocab = SIDVocab(sizes, OUTCOMES)
     vocab.add_to_tokenizer(tok)
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=tie,
-    )
-    lm = LlamaForCausalLM(cfg).eval()
+    lm = tiny_llama(len(tok), seed=seed, max_position_embeddings=256, tie_word_embeddings=tie)
     vocab.resize_model(lm)
     # sharpen the SID logits so the orderings are far from ties
     with torch.no_grad():
         lm.get_output_embeddings().weight.mul_(3.0)
     codes = random_codes(n_items, sizes, seed)
-    return lm, vocab, make_trie(codes, sizes), codes
+    return lm, vocab, PrefixTrie.build(codes, sizes), codes
 
 
 def make_histories(vocab, codes, lengths, seed=0):

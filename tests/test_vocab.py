@@ -2,40 +2,15 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from conftest import tiny_llama, word_tokenizer
 
 from sid.vocab import SIDVocab
 
 WORDS = ["<pad>", "<unk>", "<s>", "the", "movie", "was", "good", "bad", "and", "i"]
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {w: i for i, w in enumerate(WORDS)}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token="<s>"
-    )
-
-
-def tiny_llama(vocab_size: int, *, tie: bool) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=tie,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
 def bound_vocab(sizes=(4, 3, 5), outcomes=("like", "watch")):
-    tok = tiny_tokenizer()
+    tok = word_tokenizer(WORDS)
     vocab = SIDVocab(list(sizes), list(outcomes))
     vocab.add_to_tokenizer(tok)
     return vocab, tok
@@ -88,7 +63,7 @@ def test_rebinding_a_tokenizer_that_has_the_tokens_keeps_ids():
 
 
 def test_partial_level_already_present_raises_not_contiguous():
-    tok = tiny_tokenizer()
+    tok = word_tokenizer(WORDS)
     tok.add_tokens(["<b_1>"], special_tokens=True)
     with pytest.raises(ValueError, match="not contiguous"):
         SIDVocab([4, 3], ["like"]).add_to_tokenizer(tok)
@@ -123,8 +98,8 @@ def test_to_dict_from_dict_round_trip_through_json():
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_resize_model_new_rows_have_old_rows_norm(tie):
-    tok = tiny_tokenizer()
-    model = tiny_llama(len(tok), tie=tie)
+    tok = word_tokenizer(WORDS)
+    model = tiny_llama(len(tok), tie_word_embeddings=tie)
     old_in = model.get_input_embeddings().weight.detach().clone()
     old_out = model.get_output_embeddings().weight.detach().clone()
     vocab = SIDVocab([16, 16, 8], ["like", "watch"])

@@ -157,6 +157,9 @@ class RunArguments:
     warmup: float = field(default=0.05, metadata={"help": "Warm-up as a share of the steps."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     save_steps: int = field(default=200, metadata={"help": "Checkpoint every N steps."})
+    eval_users: int = field(
+        default=0, metadata={"help": "Validate on the first N users only (0: all users)."}
+    )
     eval_steps: int = field(default=200, metadata={"help": "Validation every N steps."})
     logging_steps: int = field(default=20, metadata={"help": "Log every N steps."})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 if available) | fp32."})
@@ -209,6 +212,7 @@ PRESETS: dict[str, dict] = {
         lr=5e-4,
         save_steps=10,
         eval_steps=10,
+        eval_users=64,
         logging_steps=5,
         run_dir="runs/smollm2",
     ),
@@ -473,7 +477,19 @@ def model_stage(
     train_options = {
         k: v
         for k, v in asdict(rargs).items()
-        if k not in ("run_dir", "preset", "resume", "overwrite", "threads")
+        # options that do not change the trained weights do not invalidate the model
+        if k
+        not in (
+            "run_dir",
+            "preset",
+            "resume",
+            "overwrite",
+            "threads",
+            "eval_users",
+            "eval_steps",
+            "logging_steps",
+            "save_steps",
+        )
     }
     key = fingerprint(
         "model",
@@ -507,6 +523,8 @@ def model_stage(
         outcome_loss=margs.outcome_loss,
     )
     valid = build_eval_examples(split, sids, rec.vocab, max_items=margs.max_items, which="valid")
+    if rargs.eval_users:
+        valid = {k: v[: rargs.eval_users] for k, v in valid.items()}
     n_params = sum(p.numel() for p in rec.lm.parameters())
     log(
         f"model {margs.model}: {n_params / 1e6:.2f}M parameters; {len(train['input_ids'])} "

@@ -552,16 +552,16 @@ def model_stage(
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - start
     metrics = trainer.evaluate()
+    # Throughput of training proper: the validation passes inside train() are taken out.
+    eval_seconds = sum(h.get("eval_runtime", 0.0) for h in trainer.state.log_history)
+    tokens_seen = tokens_per_epoch(train) * float(trainer.state.epoch or 0.0)
+    if resume:
+        tokens_seen = float("nan")  # part of the epochs ran in an earlier process
     stats = {
         "train_loss": result.training_loss,
         "global_step": trainer.state.global_step,
         "train_seconds": round(seconds, 1),
-        "train_tokens_per_second": round(
-            tokens_per_epoch(train) * rargs.epochs / seconds
-            if rargs.max_steps <= 0
-            else float("nan"),
-            1,
-        ),
+        "train_tokens_per_second": round(tokens_seen / max(1e-9, seconds - eval_seconds), 1),
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
     }
     if trainer.is_world_process_zero():

@@ -20,22 +20,16 @@ beam reordering is already applied to those sequences).
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 import types
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from prefixmem.memory import PrefixMemConfig, PrefixMemory
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from sid.artifacts import load_artifact, save_artifact
 
 
 class PrefixMem(nn.Module):
@@ -157,44 +151,20 @@ class PrefixMem(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write ``config.json`` + ``model.safetensors`` to directory ``path`` atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.tmp-", dir=path.parent))
-        try:
-            (tmp / CONFIG_NAME).write_text(self.config.to_json())
-            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-            if path.exists():
-                old = path.with_name(f"{path.name}.old-{os.getpid()}")
-                os.replace(path, old)
-                os.replace(tmp, path)
-                for f in old.iterdir():
-                    f.unlink()
-                old.rmdir()
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            for f in tmp.iterdir() if tmp.exists() else []:
-                f.unlink()
-            if tmp.exists():
-                tmp.rmdir()
-            raise
+        save_artifact(path, self.config.to_dict(), self.state_dict())
 
     @classmethod
     def from_pretrained(
         cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
     ) -> PrefixMem:
         """Load a PrefixMem written by :meth:`save_pretrained`."""
-        path = Path(path)
-        cfg_file, w_file = path / CONFIG_NAME, path / WEIGHTS_NAME
-        for f in (cfg_file, w_file):
-            if not f.is_file():
-                raise FileNotFoundError(
-                    f"{f} not found: expected a PrefixMem directory written by save_pretrained"
-                )
-        config = PrefixMemConfig.from_dict(json.loads(cfg_file.read_text()))
-        module = cls(config)
-        module.load_state_dict(load_file(str(w_file), device=str(map_location)))
+        config, state = load_artifact(
+            path,
+            what="a PrefixMem directory written by save_pretrained",
+            map_location=map_location,
+        )
+        module = cls(PrefixMemConfig.from_dict(config))
+        module.load_state_dict(state)
         return module.to(map_location)
 
 

@@ -21,26 +21,20 @@ never encoded a second time.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import BoolTensor, FloatTensor, LongTensor, nn
 
+from sid.artifacts import load_artifact, save_artifact
 from sid.vocab import SIDVocab
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 NONE_LABEL = "none"
 DEFAULT_OUTCOME_WEIGHTS = {"like": 1.0, "watch": 0.3}
 
@@ -234,40 +228,21 @@ class RankingHead(nn.Module):
     # ------------------------------------------------------------------ artifacts
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write ``config.json`` + ``model.safetensors`` to directory ``path`` atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.tmp-", dir=path.parent))
-        try:
-            (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
-            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-            if path.exists():
-                # a directory cannot be os.replace'd onto a non-empty one: swap it out first
-                old = path.with_name(f"{path.name}.old-{os.getpid()}")
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        save_artifact(path, self.config.to_dict(), self.state_dict())
 
     @classmethod
     def from_pretrained(
         cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
     ) -> RankingHead:
         """Load a head written by :meth:`save_pretrained` (e.g. ``runs/NAME/ranker``)."""
-        path = Path(path)
-        for f in (path / CONFIG_NAME, path / WEIGHTS_NAME):
-            if not f.is_file():
-                raise FileNotFoundError(
-                    f"{f} not found: expected a ranking head directory written by "
-                    "RankingHead.save_pretrained (train one with sid.ranking.train_ranker)"
-                )
-        config = RankingHeadConfig.from_dict(json.loads((path / CONFIG_NAME).read_text()))
-        head = cls(config)
-        head.load_state_dict(load_file(str(path / WEIGHTS_NAME), device=str(map_location)))
+        config, state = load_artifact(
+            path,
+            what="a ranking head directory written by RankingHead.save_pretrained "
+            "(train one with sid.ranking.train_ranker)",
+            map_location=map_location,
+        )
+        head = cls(RankingHeadConfig.from_dict(config))
+        head.load_state_dict(state)
         return head.to(map_location)
 
 

@@ -8,21 +8,16 @@ Hugging Face shaped on disk: `save_pretrained(dir)` writes `config.json` + `mode
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from sid.artifacts import CONFIG_NAME, load_artifact, save_artifact
 
 
 @runtime_checkable
@@ -137,51 +132,19 @@ def check_sid_capacity(
 def atomic_save_pretrained(
     save_directory: str | os.PathLike, config: dict[str, Any], tensors: dict[str, torch.Tensor]
 ) -> None:
-    """Write `config.json` + `model.safetensors` into `save_directory` atomically.
-
-    Everything is written into a sibling `dir.tmp-XXXX` and renamed into place, so a crash
-    leaves either the old artifact or the new one, never half of one.
-    """
-    target = Path(save_directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
-    try:
-        with open(tmp / CONFIG_NAME, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / WEIGHTS_NAME
-        )
-        if target.exists():
-            # os.replace cannot swap a non-empty directory: move the old one aside first.
-            old = Path(tempfile.mkdtemp(prefix=f"{target.name}.old-", dir=target.parent))
-            os.replace(target, old / "x")
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    """Write `config.json` + `model.safetensors` into `save_directory` atomically."""
+    save_artifact(save_directory, config, tensors)
 
 
 def read_pretrained(
     directory: str | os.PathLike, *, expected_type: str | None = None
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read `config.json` + `model.safetensors`; clear errors for missing or mismatched files."""
-    directory = Path(directory)
-    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} not found: a SID tokenizer directory holds {CONFIG_NAME} and "
-                f"{WEIGHTS_NAME} written by save_pretrained"
-            )
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path} is not valid JSON ({err}); re-save the tokenizer") from err
-    if not isinstance(config, dict) or "tokenizer_type" not in config:
+    config, tensors = load_artifact(
+        directory, what="a SID tokenizer directory written by save_pretrained"
+    )
+    config_path = Path(directory) / CONFIG_NAME
+    if "tokenizer_type" not in config:
         raise ValueError(
             f"{config_path} has no 'tokenizer_type'; it was not written by a SID tokenizer"
         )
@@ -190,8 +153,4 @@ def read_pretrained(
             f"{config_path} holds a {config['tokenizer_type']!r} tokenizer, not {expected_type!r}; "
             "use sid.tokenizers.load_sid_tokenizer to load any kind"
         )
-    try:
-        tensors = load_file(str(weights_path))
-    except Exception as err:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{weights_path} is not a readable safetensors file ({err})") from err
     return config, tensors

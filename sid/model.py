@@ -197,8 +197,17 @@ class SIDRecModel:
                 self.prefixmem.attach(self.lm, self.vocab)
         self.tokenizer.save_pretrained(tmp)
         (tmp / "sid_vocab.json").write_text(json.dumps(self.vocab.to_dict(), indent=1))
-        shutil.rmtree(run_dir / "model", ignore_errors=True)
-        os.replace(tmp, run_dir / "model")
+        target = run_dir / "model"
+        if target.exists():
+            # a directory cannot be replaced in one step: move the old one aside first, so
+            # that at every moment `model/` is either the old model or the new one
+            old = run_dir / f".model.old-{os.getpid()}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
         if self.prefixmem is not None:
             self.prefixmem.save_pretrained(run_dir / "prefixmem")
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sid import metrics as M
-from sid.data import BUILTIN_DATASETS, LeaveOneOutSplit
+from sid.data import LeaveOneOutSplit
 from sid.model import SIDRecModel
 from sid.retrieval import constrained_beam_search, teacher_forced_level_correct
 
@@ -23,8 +23,8 @@ RECALL_KS = (1, 5, 10, 20)
 NDCG_KS = (5, 10, 20)
 
 
-def load_run_data(run_dir: Path) -> LeaveOneOutSplit:
-    """Rebuild the run's data split from its config.json."""
+def load_run_data(run_dir: Path) -> tuple[LeaveOneOutSplit, dict]:
+    """Rebuild the run's data split from its config.json → (split, config)."""
     from sid.pipeline import DataArguments, load_data
 
     config_path = run_dir / "config.json"
@@ -376,4 +376,4 @@ def compare_runs(run_dirs: list[str | os.PathLike]) -> str:
     return _table(rows, columns + extra)
 
 
-__all__ = ["evaluate_run", "compare_runs", "markdown_report", "BUILTIN_DATASETS"]
+__all__ = ["compare_runs", "evaluate_run", "markdown_report"]

@@ -590,6 +590,8 @@ def run_training(
     rec, train_stats, model_key = model_stage(
         run, split, sids, sid_key, prefixmem, pm_key, margs, rargs
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return run.path  # under accelerate/torchrun the main process finishes the run
     ranker_stats = ranker_stage(run, rec, split, model_key, margs, rargs) if margs.ranker else None
     config = {
         "data": asdict(dargs),

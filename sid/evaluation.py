@@ -62,11 +62,7 @@ def history_batch(
         histories.append(torch.as_tensor(items, dtype=torch.long))
         sequences.append(rec.history_tokens(items[-max_items:], outcomes[-max_items:]))
     input_ids, mask = left_pad(sequences, rec.tokenizer.pad_token_id)
-    longest = max(len(h) for h in histories)
-    exclude = torch.full((len(users), max(1, longest)), -1, dtype=torch.long)
-    for row, h in enumerate(histories):
-        exclude[row, : len(h)] = h
-    return input_ids, mask, exclude
+    return input_ids, mask, left_pad(histories, -1)[0]
 
 
 def ranking_metrics(ranked: np.ndarray, gold: np.ndarray) -> dict[str, float]:

@@ -175,11 +175,7 @@ class SIDRecModel:
 
     def history_tokens(self, items: np.ndarray, outcomes: np.ndarray) -> LongTensor:
         """Token ids `<o_1> s_1 … <o_n> s_n` of one history → LongTensor[n * (1 + L)]."""
-        return history_token_ids(items, outcomes, self.sids, self.vocab, self.outcome_token_ids())
-
-    def outcome_token_ids(self) -> LongTensor:
-        """Token id of each outcome label, in `vocab.outcomes` order → LongTensor[O]."""
-        return torch.tensor([self.vocab.outcome_id(o) for o in self.vocab.outcomes])
+        return history_token_ids(items, outcomes, self.sids, self.vocab)
 
     def save_pretrained(self, run_dir: str | os.PathLike) -> None:
         """Write `model/` (+ `prefixmem/`) and `semantic_ids.json` of `run_dir` atomically."""
@@ -249,14 +245,8 @@ class SIDRecModel:
 
 
 def history_token_ids(
-    items: np.ndarray,
-    outcomes: np.ndarray,
-    sids: SemanticIDs,
-    vocab: SIDVocab,
-    outcome_ids: LongTensor,
+    items: np.ndarray, outcomes: np.ndarray, sids: SemanticIDs, vocab: SIDVocab
 ) -> LongTensor:
     """items [n], outcomes [n] → `<o_1> s_1 … <o_n> s_n` as LongTensor[n * (1 + L)]."""
     items_t = torch.as_tensor(np.asarray(items), dtype=torch.long)
-    sid_tokens = vocab.sid_token_ids(sids.codes[items_t])  # [n, L]
-    outcome_tokens = outcome_ids[torch.as_tensor(np.asarray(outcomes), dtype=torch.long)]
-    return torch.cat([outcome_tokens[:, None], sid_tokens], dim=1).reshape(-1)
+    return vocab.item_token_ids(sids.codes[items_t], np.asarray(outcomes)).reshape(-1)

@@ -291,9 +291,7 @@ def history_inputs(
     """
     valid = items >= 0
     B, M = items.shape
-    sid = vocab.sid_token_ids(item_codes[items.clamp_min(0)])  # [B, M, L]
-    out_ids = torch.tensor([vocab.outcome_id(o) for o in vocab.outcomes], device=items.device)
-    tok = torch.cat([out_ids[outcomes.clamp_min(0)][..., None], sid], dim=-1)  # [B, M, L + 1]
+    tok = vocab.item_token_ids(item_codes[items.clamp_min(0)], outcomes.clamp_min(0))  # [B, M, L+1]
     mask = valid[..., None].expand_as(tok)
     return tok.where(mask, 0).reshape(B, -1), mask.reshape(B, -1).long()
 

@@ -27,9 +27,7 @@ def _token_matrix(
     items: np.ndarray, outcomes: np.ndarray, sids: SemanticIDs, vocab: SIDVocab
 ) -> np.ndarray:
     """items [n], outcomes [n] → int64 [n, 1 + L]: the outcome token, then the SID tokens."""
-    outcome_ids = np.array([vocab.outcome_id(o) for o in vocab.outcomes], dtype=np.int64)
-    sid_tokens = vocab.sid_token_ids(sids.codes[torch.as_tensor(items)]).numpy()
-    return np.concatenate([outcome_ids[outcomes][:, None], sid_tokens], axis=1)
+    return vocab.item_token_ids(sids.codes[torch.as_tensor(items)], outcomes).numpy()
 
 
 def _check_outcomes(split: LeaveOneOutSplit, vocab: SIDVocab) -> None:

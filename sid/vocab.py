@@ -165,6 +165,19 @@ class SIDVocab:
             )
         return codes + torch.tensor(self.level_start, device=codes.device)
 
+    def item_token_ids(self, codes: LongTensor, outcomes: LongTensor) -> LongTensor:
+        """One item as the model reads it: its outcome token, then its SID tokens.
+
+        codes: LongTensor[..., L] the items' SIDs; outcomes: LongTensor[...] indices into
+        ``outcomes``. Returns LongTensor[..., 1 + L].
+        """
+        codes = torch.as_tensor(codes, dtype=torch.long)
+        outcome_ids = torch.tensor(
+            [self.outcome_id(o) for o in self.outcomes], dtype=torch.long, device=codes.device
+        )
+        outcomes = torch.as_tensor(outcomes, dtype=torch.long, device=codes.device)
+        return torch.cat([outcome_ids[outcomes][..., None], self.sid_token_ids(codes)], dim=-1)
+
     def token_levels_codes(self, ids: LongTensor) -> tuple[LongTensor, LongTensor]:
         """ids: LongTensor[...] → (level, code), both LongTensor[...]; -1 for non-SID tokens."""
         self._require_bound()

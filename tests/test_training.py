@@ -57,7 +57,7 @@ def setup():
 def test_history_tokens_round_trip_to_level_and_code(setup):
     rec, split = setup
     items, outcomes = split.train_sequence(0)
-    ids = history_token_ids(items, outcomes, rec.sids, rec.vocab, rec.outcome_token_ids())
+    ids = history_token_ids(items, outcomes, rec.sids, rec.vocab)
     L = rec.vocab.num_levels
     per_item = ids.view(len(items), 1 + L)
     levels, codes = rec.vocab.token_levels_codes(per_item)
@@ -148,7 +148,7 @@ def test_loss_falls_until_next_sid_accuracy_exceeds_0_9(tmp_path):
 
 def test_save_load_gives_identical_logits(tmp_path, setup):
     rec, split = setup
-    ids = history_token_ids(*split.train_sequence(0), rec.sids, rec.vocab, rec.outcome_token_ids())
+    ids = history_token_ids(*split.train_sequence(0), rec.sids, rec.vocab)
     rec.lm.eval()
     with torch.no_grad():
         expected = rec.lm(ids[None]).logits

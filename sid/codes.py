@@ -16,6 +16,7 @@ decoder masks logits with one index operation per step.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from sid.artifacts import check_safetensors
 from sid.tokenizers.base import check_codebook_sizes, check_sid_capacity
 
 SEMANTIC_IDS_NAME = "semantic_ids.json"
@@ -429,6 +431,18 @@ class SemanticIDs:
             "sids": {i: c for i, c in zip(self.item_ids, self.codes.tolist(), strict=True)},
         }
 
+    def fingerprint(self) -> str:
+        """Content hash of the item ↔ SID map (item ids, codes, codebook sizes, policy).
+
+        A trained model records the fingerprint of the SIDs it learnt; loading checks it, so a
+        model is never paired with semantic IDs it was not trained on, even of the same sizes.
+        """
+        digest = hashlib.sha256()
+        digest.update(json.dumps([list(self.codebook_sizes), self.num_base_levels]).encode())
+        digest.update(json.dumps(list(self.item_ids)).encode())
+        digest.update(self.codes.cpu().contiguous().numpy().astype("<i8").tobytes())
+        return digest.hexdigest()[:16]
+
     def save(self, path_dir: str | os.PathLike) -> None:
         """Write `semantic_ids.json` and `codes.safetensors` into path_dir, each atomically."""
         path_dir = Path(path_dir)
@@ -468,6 +482,7 @@ class SemanticIDs:
         if missing:
             raise ValueError(f"{json_path} lacks key(s) {missing}; rebuild the semantic IDs")
         try:
+            check_safetensors(codes_path)
             codes = load_file(str(codes_path))["codes"]
         except Exception as err:  # corrupt headers raise safetensors' own error types
             raise ValueError(f"{codes_path} is corrupt or has no 'codes' tensor ({err})") from err

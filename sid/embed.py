@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from sid.artifacts import PICKLE_SUFFIXES, check_safetensors
+
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 _MINILM_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "minilm"}
 
@@ -157,11 +159,27 @@ def load_item_embeddings(
         raise FileNotFoundError(f"embeddings file not found: {path}")
     suffix = path.suffix.lower()
     file_ids: list[str] | None = None
+    if suffix in PICKLE_SUFFIXES or suffix == ".npz":
+        raise ValueError(
+            f"{path}: {suffix} files are pickles (or archives of them), which can run code when "
+            "loaded and are never read; save the embeddings as .npy, .safetensors or .parquet"
+        )
     if suffix == ".npy":
-        vectors = np.load(path, allow_pickle=False)
+        try:
+            vectors = np.load(path, allow_pickle=False)
+        except ValueError as err:  # object arrays are stored as pickles inside the .npy
+            raise ValueError(
+                f"{path} holds a pickled object array, which is never loaded; save a numeric "
+                f"float array instead ({str(err).splitlines()[0]})"
+            ) from None
+        except (OSError, EOFError) as err:
+            raise ValueError(f"{path} is not a readable .npy file ({err})") from None
+        if vectors.dtype.kind not in "fiu":
+            raise ValueError(f"{path} holds {vectors.dtype} values; embeddings must be numbers")
     elif suffix == ".safetensors":
         from safetensors import safe_open
 
+        check_safetensors(path)
         with safe_open(str(path), framework="pt") as f:
             if "embeddings" not in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 raise ValueError(f"{path}: no tensor named 'embeddings' (found {list(f.keys())})")

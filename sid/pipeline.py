@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sid.artifacts import dumps_strict, replace_path, write_json_atomic
 from sid.data import (
     BUILTIN_DATASETS,
     InteractionData,
@@ -174,6 +177,7 @@ class RunArguments:
 
 
 ARGUMENT_CLASSES = (DataArguments, SIDArguments, ModelArguments, RunArguments)
+RANKER_BINDING = "trained_for.json"
 
 PRESETS: dict[str, dict] = {
     # MovieLens-100K + MiniLM + RQ-VAE + tiny model: the README's quick start, minutes on CPU.
@@ -241,33 +245,93 @@ def fingerprint(*parts) -> str:
 
 
 class RunDir:
-    """A run directory and its `stages.json` (stage → fingerprint of the inputs it used)."""
+    """A run directory, its `stages.json` (stage → fingerprint of the inputs it used) and the
+    staging folder where this run writes.
+
+    Stages never write into the run directory itself: they write into `staging`
+    (`RUN/.staging-rank<R>/`) and `mark` a pending fingerprint. Only `commit`, called once the
+    whole run has been accepted, swaps the staged artifacts in. A run that is refused or
+    crashes leaves the run directory exactly as it was; its staging folder is removed (or, after
+    a crash, at the next start). Reused artifacts are read from `path`, new ones from `staging`.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"run directory {self.path} exists and is not a directory")
         self.path.mkdir(parents=True, exist_ok=True)
         self._stages_file = self.path / "stages.json"
         self.stages: dict[str, str] = {}
+        self.pending: dict[str, str] = {}
         if self._stages_file.exists():
             try:
-                self.stages = json.loads(self._stages_file.read_text())
-            except json.JSONDecodeError as err:
+                self.stages = json.loads(self._stages_file.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise ValueError(
                     f"{self._stages_file} is corrupt ({err}); delete it to rebuild the run"
                 ) from err
+            if not isinstance(self.stages, dict):
+                raise ValueError(f"{self._stages_file} is not a JSON object; delete it")
+        self.staging = self.path / f".staging-rank{os.environ.get('RANK', '0')}"
+        shutil.rmtree(self.staging, ignore_errors=True)  # left by a crashed run
+        self.staging.mkdir()
 
     def fresh(self, stage: str, key: str, artifact: str) -> bool:
+        """True when the committed `artifact` was built by inputs with fingerprint `key`."""
         return self.stages.get(stage) == key and (self.path / artifact).exists()
 
     def mark(self, stage: str, key: str) -> None:
+        """Record that `stage` was rebuilt with `key`; written to stages.json by `commit`."""
+        self.pending[stage] = key
+
+    def mark_now(self, stage: str, key: str) -> None:
+        """Record bookkeeping that must survive a crash (e.g. which options made checkpoints)."""
         self.stages[stage] = key
+        on_disk = {}
+        if self._stages_file.exists():
+            on_disk = json.loads(self._stages_file.read_text(encoding="utf-8"))
+        write_json_atomic(self._stages_file, {**on_disk, stage: key})
+
+    def discard(self) -> None:
+        """Drop everything this run staged; the run directory is untouched."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.pending.clear()
+
+    def commit(self, remove: tuple[str, ...] = ()) -> None:
+        """Swap every staged artifact into the run directory and record the new fingerprints.
+
+        Order matters for crash safety: the fingerprints of the stages being replaced are
+        dropped from stages.json first, then each artifact is renamed into place (a directory
+        is moved aside, then replaced), then the new fingerprints are written. A crash in the
+        middle therefore makes the next run rebuild those stages, never reuse a mismatch.
+        `remove` names committed artifacts that no longer belong to the run (e.g. a PrefixMem
+        of an earlier model trained without one).
+        """
+        staged = sorted(p.name for p in self.staging.iterdir())
+        stale = [name for name in remove if (self.path / name).exists() and name not in staged]
+        if not staged and not stale:
+            self.stages.update(self.pending)
+            write_json_atomic(self._stages_file, self.stages)
+            self.discard()
+            return
+        self.stages = {k: v for k, v in self.stages.items() if k not in self.pending}
         write_json_atomic(self._stages_file, self.stages)
+        for name in staged:
+            replace_path(self.staging / name, self.path / name)
+        for name in stale:
+            _remove(self.path / name)
+        self.stages.update(self.pending)
+        write_json_atomic(self._stages_file, self.stages)
+        self.discard()
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def log(message: str) -> None:
@@ -322,7 +386,9 @@ def embeddings_stage(
     else:
         vectors = embed_texts(data.item_texts, model=args.embedding_model)
     check_embeddings(vectors, expected_rows=data.num_items, source=source)
-    save_embeddings(path, vectors, item_ids=data.item_ids, metadata={"source": source})
+    save_embeddings(
+        run.staging / path.name, vectors, item_ids=data.item_ids, metadata={"source": source}
+    )
     run.mark("embeddings", key)
     log(f"embeddings: {vectors.shape[0]}×{vectors.shape[1]} from {source} → {path}")
     return vectors, key
@@ -373,9 +439,9 @@ def sid_stage(
         embeddings=vectors,
         tokenizer=tokenizer,
     )
-    tokenizer.save_pretrained(run.path / "tokenizer")
+    tokenizer.save_pretrained(run.staging / "tokenizer")
     run.mark("tokenizer", key)
-    sids.save(run.path)
+    sids.save(run.staging)
     run.mark("semantic_ids", sid_key)
     log(
         f"SID tokenizer {kind} {sizes} fitted in {time.perf_counter() - start:.1f}s; "
@@ -411,10 +477,9 @@ def prefixmem_stage(
         "pretrain_steps": args.prefixmem_steps if args.prefixmem_pretrain else 0,
     }
     key = fingerprint("prefixmem", sid_key, options, seed, hidden_size)
-    target = run.path / "prefixmem_init"
     if run.fresh("prefixmem", key, "prefixmem_init/config.json"):
-        log(f"PrefixMem: reused {target}")
-        return PrefixMem.from_pretrained(target), key
+        log(f"PrefixMem: reused {run.path / 'prefixmem_init'}")
+        return PrefixMem.from_pretrained(run.path / "prefixmem_init"), key
     torch.manual_seed(seed)
     pm = PrefixMem(
         PrefixMemConfig(
@@ -430,23 +495,30 @@ def prefixmem_stage(
         metrics = pretrain_prefixmem(
             pm, sids, torch.as_tensor(vectors), steps=args.prefixmem_steps, seed=seed
         )
-        log(f"PrefixMem: pre-trained: {json.dumps(metrics, default=float)}")
-    pm.save_pretrained(target)
+        log(f"PrefixMem: pre-trained: {dumps_strict(metrics)}")
+    pm.save_pretrained(run.staging / "prefixmem_init")
     run.mark("prefixmem", key)
     log(f"PrefixMem: {pm.num_parameters():,} parameters, attached to the LM's input embeddings")
     return pm, key
 
 
 def check_compatible_run(run: RunDir, sids, overwrite: bool) -> None:
-    """Refuse to continue a run whose trained model speaks another SID vocabulary."""
+    """Refuse to continue a run whose trained model speaks another SID vocabulary.
+
+    Nothing is deleted here: with `overwrite` the new model replaces the old one when the run
+    commits, and until then the run directory keeps the old, consistent model and SIDs.
+    """
     vocab_file = run.path / "model" / "sid_vocab.json"
     if not vocab_file.exists():
         return
-    saved = json.loads(vocab_file.read_text())
+    try:
+        saved = json.loads(vocab_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{vocab_file} is corrupt ({err}); pass --overwrite to replace it"
+        ) from err
     if list(saved.get("codebook_sizes", [])) != list(sids.codebook_sizes):
         if overwrite:
-            shutil.rmtree(run.path / "model", ignore_errors=True)
-            shutil.rmtree(run.path / "checkpoints", ignore_errors=True)
             return
         raise ValueError(
             f"run directory {run.path} holds a model trained on SIDs with codebook sizes "
@@ -506,7 +578,17 @@ def model_stage(
         log(f"model: reused {run.path / 'model'}")
         return SIDRecModel.from_pretrained(run.path), None, key
     checkpoints = run.path / "checkpoints"
-    if checkpoints.exists() and not rargs.resume and run.stages.get("model_started") != key:
+    found = sorted(checkpoints.glob("checkpoint-*")) if checkpoints.exists() else []
+    same_options = run.stages.get("model_started") == key
+    if rargs.resume and found and not same_options:
+        raise ValueError(
+            f"--resume: the checkpoints in {checkpoints} were written by a run with other "
+            "options (data, SIDs, model or training); resume with the same options, or drop "
+            "--resume to start again"
+        )
+    if rargs.resume and not found:
+        log(f"--resume: no checkpoint in {checkpoints}; training starts from step 0")
+    if checkpoints.exists() and not rargs.resume and not same_options:
         shutil.rmtree(checkpoints)  # checkpoints of another configuration
     rec = SIDRecModel.build(
         margs.model, sids, split.data.outcome_labels, trust_remote_code=margs.trust_remote_code
@@ -546,8 +628,8 @@ def model_stage(
         precision=rargs.precision,
     )
     trainer = make_trainer(rec.lm, train, valid, targs, rec.tokenizer.pad_token_id)
-    run.mark("model_started", key)
-    resume = rargs.resume and any(checkpoints.glob("checkpoint-*"))
+    run.mark_now("model_started", key)
+    resume = rargs.resume and bool(found)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - start
@@ -566,50 +648,203 @@ def model_stage(
     }
     if trainer.is_world_process_zero():
         rec.lm.eval()
-        rec.save_pretrained(run.path)
+        rec.save_pretrained(run.staging, fingerprint=key)
         run.mark("model", key)
-    log(f"model trained: {json.dumps(stats)}")
+    log(f"model trained: {dumps_strict(stats)}")
     return rec, stats, key
 
 
 def run_training(
     dargs: DataArguments, sargs: SIDArguments, margs: ModelArguments, rargs: RunArguments
 ) -> Path:
-    """Every stage of train.py; returns the run directory."""
+    """Every stage of train.py; returns the run directory.
+
+    The run is one transaction: stages write into the run's staging folder and the run
+    directory changes only when every stage has finished (see `RunDir.commit`). Options, the
+    model name and the codebook's capacity are checked before any long work starts.
+    """
+    validate_arguments(dargs, sargs, margs, rargs)
+    check_model_source(margs.model, trust_remote_code=margs.trust_remote_code)
     if rargs.threads:
         torch.set_num_threads(rargs.threads)
     torch.manual_seed(rargs.seed)
-    parse_sizes(sargs.codebook_sizes)  # bad sizes fail before any long work
-    run = RunDir(rargs.run_dir)
     start = time.perf_counter()
     data, split = load_data(dargs)
-    log(f"data {data.name}:\n{format_summary({**data.summary(), **split.summary()})}")
-    vectors, emb_key = embeddings_stage(run, data, dargs)
-    _, sids, sid_key, health = sid_stage(run, data, vectors, emb_key, sargs, rargs.seed)
-    prefixmem, pm_key = prefixmem_stage(run, sids, vectors, sid_key, margs, rargs.seed)
-    rec, train_stats, model_key = model_stage(
-        run, split, sids, sid_key, prefixmem, pm_key, margs, rargs
-    )
-    if int(os.environ.get("RANK", "0")) != 0:
-        return run.path  # under accelerate/torchrun the main process finishes the run
-    ranker_stats = ranker_stage(run, rec, split, model_key, margs, rargs) if margs.ranker else None
-    config = {
-        "data": asdict(dargs),
-        "sid": asdict(sargs),
-        "model": asdict(margs),
-        "run": asdict(rargs),
-        "summary": {**data.summary(), **split.summary()},
-        "stages": run.stages,
-    }
-    old = {}
-    if (run.path / "config.json").exists():
-        old = json.loads((run.path / "config.json").read_text())
-    config["codebook_health"] = health if health is not None else old.get("codebook_health")
-    config["training"] = train_stats if train_stats is not None else old.get("training")
-    config["ranker"] = ranker_stats if ranker_stats is not None else old.get("ranker")
-    write_json_atomic(run.path / "config.json", config)
+    check_codebook_capacity(parse_sizes(sargs.codebook_sizes), data.num_items, sargs)
+    run = RunDir(rargs.run_dir)
+    try:
+        log(f"data {data.name}:\n{format_summary({**data.summary(), **split.summary()})}")
+        vectors, emb_key = embeddings_stage(run, data, dargs)
+        _, sids, sid_key, health = sid_stage(run, data, vectors, emb_key, sargs, rargs.seed)
+        prefixmem, pm_key = prefixmem_stage(run, sids, vectors, sid_key, margs, rargs.seed)
+        rec, train_stats, model_key = model_stage(
+            run, split, sids, sid_key, prefixmem, pm_key, margs, rargs
+        )
+        if int(os.environ.get("RANK", "0")) != 0:
+            run.discard()  # under accelerate/torchrun the main process commits the run
+            return run.path
+        ranker_stats = (
+            ranker_stage(run, rec, split, model_key, margs, rargs) if margs.ranker else None
+        )
+        old = {}
+        if (run.path / "config.json").exists():
+            try:
+                old = json.loads((run.path / "config.json").read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                old = {}  # rewritten whole below
+        config = {
+            "data": asdict(dargs),
+            "sid": asdict(sargs),
+            "model": asdict(margs),
+            "run": asdict(rargs),
+            "summary": {**data.summary(), **split.summary()},
+            "stages": {**run.stages, **run.pending},
+            "codebook_health": health if health is not None else old.get("codebook_health"),
+            "training": train_stats if train_stats is not None else old.get("training"),
+            "ranker": ranker_stats if ranker_stats is not None else old.get("ranker"),
+        }
+        write_json_atomic(run.staging / "config.json", config)
+        new_model = "model" in run.pending
+        remove = ()
+        if new_model:
+            # artifacts of the model being replaced that this run did not rebuild
+            remove = tuple(n for n in ("prefixmem", "ranker") if not (run.staging / n).exists())
+        run.commit(remove=remove)
+    except BaseException:
+        run.discard()
+        raise
     log(f"done in {time.perf_counter() - start:.0f}s; run directory: {run.path}")
     return run.path
+
+
+# --------------------------------------------------------------------------------------------
+# Checks that run before any long work
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def validate_arguments(
+    dargs: DataArguments, sargs: SIDArguments, margs: ModelArguments, rargs: RunArguments
+) -> None:
+    """Refuse out-of-range options with the option, its value and what is allowed."""
+    from sid.tokenizers import TOKENIZERS
+
+    def need(ok: bool, option: str, value, allowed: str) -> None:
+        if not ok:
+            raise ValueError(f"--{option} {value!r} is not allowed: {allowed}")
+
+    need(
+        isinstance(rargs.epochs, (int, float)) and math.isfinite(rargs.epochs) and rargs.epochs > 0,
+        "epochs",
+        rargs.epochs,
+        "it must be a number > 0 (use --max_steps to stop early)",
+    )
+    need(rargs.max_steps == -1 or rargs.max_steps > 0, "max_steps", rargs.max_steps, "-1 or > 0")
+    need(math.isfinite(rargs.lr) and rargs.lr > 0, "lr", rargs.lr, "it must be > 0")
+    need(0 <= rargs.warmup < 1, "warmup", rargs.warmup, "a share of the steps in [0, 1)")
+    smallest = {  # option: (value, smallest allowed value)
+        "batch_size": (rargs.batch_size, 1),
+        "grad_accum": (rargs.grad_accum, 1),
+        "weight_decay": (rargs.weight_decay, 0),
+        "save_steps": (rargs.save_steps, 1),
+        "eval_steps": (rargs.eval_steps, 1),
+        "logging_steps": (rargs.logging_steps, 1),
+        "eval_users": (rargs.eval_users, 0),
+        "threads": (rargs.threads, 0),
+        "sid_epochs": (sargs.sid_epochs, 1),
+        "max_items": (margs.max_items, 2),
+        "prefixmem_steps": (margs.prefixmem_steps, 1),
+        "prefixmem_table_size": (margs.prefixmem_table_size, 2),
+        "prefixmem_head_dim": (margs.prefixmem_head_dim, 1),
+        "ranker_steps": (margs.ranker_steps, 1),
+        "ranker_beam_negatives": (margs.ranker_beam_negatives, 0),
+        "ranker_random_negatives": (margs.ranker_random_negatives, 0),
+        "min_length": (dargs.min_length, 3),
+    }
+    for option, (value, low) in smallest.items():
+        need(value >= low, option, value, f"it must be >= {low}")
+    choices = {  # option: (value, allowed values)
+        "precision": (rargs.precision, PRECISIONS),
+        "sid_tokenizer": (sargs.sid_tokenizer, tuple(sorted(TOKENIZERS))),
+        "collision_policy": (sargs.collision_policy, ("suffix", "reassign")),
+        "unknown_items": (dargs.unknown_items, ("error", "drop")),
+    }
+    for option, (value, allowed) in choices.items():
+        need(value in allowed, option, value, f"choose one of {', '.join(allowed)}")
+    if rargs.precision in ("bf16", "fp16") and not torch.cuda.is_available():
+        raise ValueError(
+            f"--precision {rargs.precision} needs a CUDA GPU and none is available; "
+            "use --precision auto or fp32"
+        )
+    if rargs.preset is not None and rargs.preset not in PRESETS:
+        raise ValueError(f"unknown preset {rargs.preset!r}; choose one of {', '.join(PRESETS)}")
+    sizes = parse_sizes(sargs.codebook_sizes)
+    need(min(sizes) >= 2, "codebook_sizes", sargs.codebook_sizes, "every size must be >= 2")
+    if margs.stride is not None:
+        need(
+            1 <= margs.stride <= margs.max_items,
+            "stride",
+            margs.stride,
+            f"1 to --max_items ({margs.max_items})",
+        )
+    need(
+        math.isfinite(dargs.like_threshold),
+        "like_threshold",
+        dargs.like_threshold,
+        "a finite number",
+    )
+    if margs.prefixmem_path and not Path(margs.prefixmem_path, "config.json").is_file():
+        raise FileNotFoundError(
+            f"--prefixmem_path {margs.prefixmem_path}: no PrefixMem there (config.json missing)"
+        )
+    if dargs.embeddings and not Path(dargs.embeddings).exists():
+        raise FileNotFoundError(f"--embeddings {dargs.embeddings}: file not found")
+
+
+def check_model_source(name: str, *, trust_remote_code: bool = False) -> None:
+    """Fail fast on a model that cannot be loaded: see `sid.model.resolve_model_source`."""
+    from sid.model import resolve_model_source
+
+    resolve_model_source(name, trust_remote_code=trust_remote_code)
+
+
+# A code space this many times larger than the catalogue still collides often (RQ codes are
+# far from uniform); below it the run goes on with a loud warning.
+CAPACITY_WARN_FACTOR = 4
+
+
+def check_codebook_capacity(sizes: list[int], n_items: int, sargs: SIDArguments) -> None:
+    """Refuse codebooks that cannot tell the catalogue's items apart; warn when barely able.
+
+    prod(sizes) < n_items means the base SID levels cannot give every item its own SID, so the
+    collision level (or reassignment) would carry the identity of most items: refused. Fewer
+    than `CAPACITY_WARN_FACTOR` codes per item: a warning that names the collision risk.
+    """
+    from sid.tokenizers.base import check_enough_items
+
+    capacity = math.prod(sizes)
+    if capacity < n_items:
+        # the smallest equal sizes, same number of levels, that clear the warning threshold
+        size = math.ceil((CAPACITY_WARN_FACTOR * n_items) ** (1 / len(sizes)))
+        raise ValueError(
+            f"--codebook_sizes {sargs.codebook_sizes} give {capacity:,} distinct SIDs for a "
+            f"catalogue of {n_items:,} items: far too small to tell items apart. Use larger "
+            f"codebooks or another level (e.g. --codebook_sizes {','.join([str(size)] * len(sizes))})"
+        )
+    check_enough_items(n_items, sizes)
+    if capacity < CAPACITY_WARN_FACTOR * n_items:
+        warnings.warn(
+            f"--codebook_sizes {sargs.codebook_sizes} give only {capacity:,} distinct SIDs for "
+            f"{n_items:,} items ({capacity / n_items:.1f} per item): expect many items to share "
+            "a base SID and be told apart only by the collision level",
+            UserWarning,
+            stacklevel=2,
+        )
+        log(
+            f"WARNING: codebook sizes {sizes} give only {capacity:,} SIDs for {n_items:,} "
+            "items; expect many collisions"
+        )
 
 
 def ranker_stage(
@@ -655,10 +890,12 @@ def ranker_stage(
         n_beam_negatives=margs.ranker_beam_negatives,
         n_random_negatives=margs.ranker_random_negatives,
     )
-    head.save_pretrained(run.path / "ranker")
+    head.save_pretrained(run.staging / "ranker")
+    # which model the head was trained on: eval refuses a head that belongs to another model
+    write_json_atomic(run.staging / "ranker" / RANKER_BINDING, {"model_fingerprint": model_key})
     run.mark("ranker", key)
     summary = {k: v for k, v in stats.items() if k != "losses"}
-    log(f"ranking head trained: {json.dumps(summary, default=float)}")
+    log(f"ranking head trained: {dumps_strict(summary)}")
     return summary
 
 

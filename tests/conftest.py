@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
@@ -69,3 +71,55 @@ def unique_semantic_ids(codes: torch.Tensor, sizes: Sequence[int]) -> SemanticID
     )
     assert torch.equal(sids.codes, codes)
     return sids
+
+
+def write_cycle_dataset(folder: Path) -> Path:
+    """40 users walking a 30-item catalogue in a cycle, in `folder`: inter.csv (user, item, ts,
+    action), items.csv (item_id, title) and item vectors emb.npy [30, 16]."""
+    n_items, n_users, length = 30, 40, 12
+    rng = np.random.default_rng(0)
+    (folder / "items.csv").write_text(
+        "item_id,title\n" + "".join(f"m{i},movie {i}\n" for i in range(n_items))
+    )
+    rows = ["user,item,ts,action"]
+    for u in range(n_users):
+        start = int(rng.integers(n_items))
+        for t in range(length):
+            item = (start + t) % n_items
+            rows.append(f"u{u},m{item},{t},{'save' if item % 3 == 0 else 'click'}")
+    (folder / "inter.csv").write_text("\n".join(rows) + "\n")
+    np.save(folder / "emb.npy", rng.normal(size=(n_items, 16)).astype(np.float32))
+    return folder
+
+
+def pipeline_options(dataset: Path, run_dir: Path, **extra):
+    """The four argument dataclasses of a seconds-long train.py run on `write_cycle_dataset`."""
+    from sid.pipeline import arguments_from_dict
+
+    values = dict(
+        dataset=str(dataset / "inter.csv"),
+        items=str(dataset / "items.csv"),
+        user_col="user",
+        item_col="item",
+        time_col="ts",
+        outcome_col="action",
+        text_cols="title",
+        embeddings=str(dataset / "emb.npy"),
+        sid_tokenizer="rqkmeans",
+        codebook_sizes="12,12",
+        model="tiny",
+        max_items=6,
+        max_steps=4,
+        batch_size=8,
+        save_steps=4,
+        eval_steps=4,
+        logging_steps=2,
+        prefixmem=True,
+        prefixmem_table_size=64,
+        prefixmem_head_dim=4,
+        ranker=True,
+        ranker_steps=3,
+        run_dir=str(run_dir),
+    )
+    values.update(extra)
+    return arguments_from_dict(values)

@@ -2,8 +2,8 @@
 
 import json
 
-import numpy as np
 import pytest
+from conftest import pipeline_options, write_cycle_dataset
 
 from sid.evaluation import compare_runs, evaluate_run
 from sid.pipeline import arguments_from_dict, run_training
@@ -11,52 +11,10 @@ from sid.pipeline import arguments_from_dict, run_training
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """40 users walking a 30-item catalogue in a cycle; item vectors given as a .npy file."""
-    folder = tmp_path_factory.mktemp("data")
-    n_items, n_users, length = 30, 40, 12
-    rng = np.random.default_rng(0)
-    (folder / "items.csv").write_text(
-        "item_id,title\n" + "".join(f"m{i},movie {i}\n" for i in range(n_items))
-    )
-    rows = ["user,item,ts,action"]
-    for u in range(n_users):
-        start = int(rng.integers(n_items))
-        for t in range(length):
-            item = (start + t) % n_items
-            rows.append(f"u{u},m{item},{t},{'save' if item % 3 == 0 else 'click'}")
-    (folder / "inter.csv").write_text("\n".join(rows) + "\n")
-    np.save(folder / "emb.npy", rng.normal(size=(n_items, 16)).astype(np.float32))
-    return folder
+    return write_cycle_dataset(tmp_path_factory.mktemp("data"))
 
 
-def options(dataset, run_dir, **extra):
-    values = dict(
-        dataset=str(dataset / "inter.csv"),
-        items=str(dataset / "items.csv"),
-        user_col="user",
-        item_col="item",
-        time_col="ts",
-        outcome_col="action",
-        text_cols="title",
-        embeddings=str(dataset / "emb.npy"),
-        sid_tokenizer="rqkmeans",
-        codebook_sizes="4,4",
-        model="tiny",
-        max_items=6,
-        max_steps=4,
-        batch_size=8,
-        save_steps=4,
-        eval_steps=4,
-        logging_steps=2,
-        prefixmem=True,
-        prefixmem_table_size=64,
-        prefixmem_head_dim=4,
-        ranker=True,
-        ranker_steps=3,
-        run_dir=str(run_dir),
-    )
-    values.update(extra)
-    return arguments_from_dict(values)
+options = pipeline_options
 
 
 def test_train_then_eval_writes_a_complete_run_and_report(dataset, tmp_path, capsys):
@@ -106,7 +64,9 @@ def test_changing_the_tokenizer_retrains_only_what_depends_on_it(dataset, tmp_pa
     capsys.readouterr()
     with pytest.raises(ValueError, match="holds a model trained on SIDs with codebook sizes"):
         run_training(
-            *options(dataset, tmp_path / "run", ranker=False, prefixmem=False, codebook_sizes="8,8")
+            *options(
+                dataset, tmp_path / "run", ranker=False, prefixmem=False, codebook_sizes="15,15"
+            )
         )
     out = capsys.readouterr().out
     assert "embeddings: reused" in out  # the embeddings did not depend on the tokenizer
@@ -116,12 +76,12 @@ def test_changing_the_tokenizer_retrains_only_what_depends_on_it(dataset, tmp_pa
             tmp_path / "run",
             ranker=False,
             prefixmem=False,
-            codebook_sizes="8,8",
+            codebook_sizes="15,15",
             overwrite=True,
         )
     )
     saved = json.loads((tmp_path / "run" / "model" / "sid_vocab.json").read_text())
-    assert saved["codebook_sizes"][:2] == [8, 8]
+    assert saved["codebook_sizes"][:2] == [15, 15]
 
 
 def test_bad_options_fail_before_any_work(dataset, tmp_path):

@@ -34,6 +34,7 @@ def save_artifact(
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
+    usual_mode(tmp)
     try:
         with open(tmp / CONFIG_NAME, "w", encoding="utf-8") as f:
             f.write(dumps_strict(config, indent=2, sort_keys=True))
@@ -46,6 +47,13 @@ def save_artifact(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def usual_mode(path: str | os.PathLike) -> None:
+    """Give a file or folder made by `tempfile` (mode 0600/0700) the mode `open` would give it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask)
 
 
 def replace_path(source: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -136,6 +144,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None =
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        usual_mode(tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from sid.artifacts import check_safetensors
+from sid.artifacts import check_safetensors, usual_mode
 from sid.tokenizers.base import check_codebook_sizes, check_sid_capacity
 
 SEMANTIC_IDS_NAME = "semantic_ids.json"
@@ -451,6 +451,7 @@ class SemanticIDs:
         os.close(fd)
         try:
             save_file({"codes": self.codes.cpu().contiguous()}, tmp)
+            usual_mode(tmp)
             os.replace(tmp, path_dir / CODES_NAME)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -458,6 +459,7 @@ class SemanticIDs:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(self.to_dict(), f)
+            usual_mode(tmp)
             os.replace(tmp, path_dir / SEMANTIC_IDS_NAME)
         finally:
             Path(tmp).unlink(missing_ok=True)

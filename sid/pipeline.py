@@ -588,6 +588,17 @@ def model_stage(
         )
     if rargs.resume and not found:
         log(f"--resume: no checkpoint in {checkpoints}; training starts from step 0")
+    if rargs.resume and found:
+        from sid.artifacts import check_weights_folder
+
+        newest = max(
+            found,
+            key=lambda p: (
+                int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1
+            ),
+        )
+        check_weights_folder(newest, what="checkpoint")  # a truncated one fails in one line
+        log(f"--resume: continuing from {newest}")
     if checkpoints.exists() and not rargs.resume and not same_options:
         shutil.rmtree(checkpoints)  # checkpoints of another configuration
     rec = SIDRecModel.build(

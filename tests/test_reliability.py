@@ -296,3 +296,27 @@ def test_tsv_keeps_quotes_verbatim(tmp_path):
     path = tmp_path / "items.tsv"
     path.write_text('item_id\ttext\na\t"Great Performances" Cats (1998)\n')
     assert load_items(path)[1] == ['"Great Performances" Cats (1998)']
+
+
+def test_resume_from_a_truncated_checkpoint_fails_in_one_line(dataset, run_copy):
+    stages = json.loads((run_copy / "stages.json").read_text())
+    del stages["model"]  # the model must be retrained, from its checkpoint
+    (run_copy / "stages.json").write_text(json.dumps(stages))
+    weights = run_copy / "checkpoints" / "checkpoint-2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    before = digests(run_copy)
+    options = pipeline_options(
+        dataset, run_copy, max_steps=2, save_steps=2, eval_steps=2, resume=True
+    )
+    with pytest.raises(ValueError, match="checkpoint-2/model.safetensors is truncated"):
+        run_training(*options)
+    assert digests(run_copy) == before
+
+
+def test_artifacts_get_the_usual_file_mode_not_tempfiles_0600(tmp_path):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    write_json_atomic(tmp_path / "c.json", {"a": 1})
+    assert (tmp_path / "c.json").stat().st_mode & 0o777 == 0o666 & ~umask

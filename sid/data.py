@@ -243,7 +243,9 @@ def _check_delimited(path: Path, *, sep: str, quoted: bool, what: str) -> list[s
     in well under a second); quoted (RFC 4180) files with the `csv` module, which knows that a
     quoted field may hold the separator or a newline.
     """
-    text = _decode_utf8(path, what=what).lstrip("\ufeff")
+    text = _decode_utf8(path, what=what)
+    if text.startswith("\ufeff"):
+        text = text[1:]
     if quoted:
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
         try:
@@ -266,16 +268,17 @@ def _check_delimited(path: Path, *, sep: str, quoted: bool, what: str) -> list[s
                 f"{what} file {path}: malformed CSV at line {reader.line_num} ({err})"
             ) from None
     else:
-        data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)  # checked UTF-8 bytes
         ends = np.flatnonzero(data == 10)
         if len(ends) == 0 or ends[-1] != len(data) - 1:
             ends = np.append(ends, len(data))  # last line without a newline
         starts = np.concatenate([[0], ends[:-1] + 1])
         seps = np.flatnonzero(data == ord(sep))
         fields = np.searchsorted(seps, ends) - np.searchsorted(seps, starts) + 1
-        # blank lines (nothing but spaces or "\r") are skipped, as the reader does
-        solid = np.flatnonzero((data != 32) & (data != 13) & (data != 10))
-        blank = np.searchsorted(solid, ends) == np.searchsorted(solid, starts)
+        # blank lines ("" or a lone "\r") are skipped, as the reader does
+        lengths = ends - starts
+        first = data[np.minimum(starts, max(len(data) - 1, 0))] if len(data) else starts
+        blank = (lengths == 0) | ((lengths == 1) & (first == 13))
         header = _lines(data, starts, ends, [0])[0].rstrip("\r").split(sep)
         bad = np.flatnonzero((fields != len(header)) & ~blank)
         if len(bad):

@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> None:
         default=0.5,
         help="Share of the (renormalised) beam probability in the ranked score, 0..1.",
     )
+    parser.add_argument(
+        "--dense_beam_weight",
+        type=float,
+        default=None,
+        help="Runs with a dense head: share of the beam log-prob in dense + beam fusion.",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, … (default: cpu).")
     parser.add_argument(
         "--compare", nargs="+", metavar="RUN", help="Put saved reports side by side."
@@ -63,12 +69,20 @@ def main(argv: list[str] | None = None) -> None:
             rerank=not args.no_rerank,
             device=args.device,
             beam_weight=args.beam_weight,
+            **(
+                {}
+                if args.dense_beam_weight is None
+                else {"dense_beam_weight": args.dense_beam_weight}
+            ),
         )
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     short = {k: results[k] for k in ("retrieval", "popularity") if k in results}
     if "retrieval+ranking" in results:
         short["retrieval+ranking"] = results["retrieval+ranking"]
+    for kind in ("dense", "dense+beam"):
+        if kind in results:
+            short[kind] = results[kind]
     print(
         json.dumps(
             {

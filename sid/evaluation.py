@@ -21,6 +21,9 @@ from sid.model import SIDRecModel
 from sid.retrieval import constrained_beam_search, teacher_forced_level_correct
 
 RECALL_KS = (1, 5, 10, 20)
+# Share of the beam log-prob in the dense + beam fusion (sid.dense.fuse_with_beam); chosen on
+# the validation split of ML-1M by benchmarks/bench_quality.py, never on test.
+DENSE_BEAM_WEIGHT = 0.0
 NDCG_KS = (5, 10, 20)
 
 
@@ -131,8 +134,13 @@ def evaluate_run(
     outcome_weights: dict[str, float] | None = None,
     beam_weight: float = 0.5,
     write_report: bool = True,
+    dense_beam_weight: float = DENSE_BEAM_WEIGHT,
 ) -> dict:
-    """Full-ranking evaluation of a trained run on the `split_name` targets."""
+    """Full-ranking evaluation of a trained run on the `split_name` targets.
+
+    A run trained with `--dense` also reports `dense` (its dense head's full-catalogue top
+    items) and `dense+beam` (`sid.dense.fuse_with_beam` with `dense_beam_weight`).
+    """
     run_dir = Path(run_dir)
     if split_name not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split_name!r}")
@@ -172,6 +180,7 @@ def evaluate_run(
     gold_codes = rec.sids.codes[torch.as_tensor(gold_items)]
     trie = rec.sids.trie.to(rec.device)
     ranked, beam_codes, reranked, level_correct = [], [], [], []
+    dense_ranked, fused_ranked = [], []
     batch_seconds, batch_sizes, rank_seconds = [], [], 0.0
     with torch.inference_mode():
         for start in range(0, len(users), batch_size):
@@ -195,6 +204,18 @@ def evaluate_run(
             batch_sizes.append(len(batch))
             ranked.append(out.items.cpu())
             beam_codes.append(out.codes.cpu())
+            if rec.dense is not None:
+                from sid.dense import dense_logits, fuse_with_beam
+
+                logits = dense_logits(
+                    rec.lm, rec.dense, input_ids, mask, rec.vocab.outcome_id(outcome)
+                )
+                ex = exclude.to(rec.device) if exclude_history else None
+                for weight, sink in ((0.0, dense_ranked), (dense_beam_weight, fused_ranked)):
+                    top = fuse_with_beam(
+                        logits, out.items, out.scores, beam_weight=weight, k=top_k, exclude=ex
+                    )
+                    sink.append(top.cpu())
             if ranker is not None:
                 from sid.ranking import rank_candidates
 
@@ -266,6 +287,10 @@ def evaluate_run(
     results["popularity"] = ranking_metrics(popular, gold_items)
     if reranked:
         results["retrieval+ranking"] = ranking_metrics(torch.cat(reranked).numpy(), gold_items)
+    if dense_ranked:
+        results["dense"] = ranking_metrics(torch.cat(dense_ranked).numpy(), gold_items)
+        results["dense+beam"] = ranking_metrics(torch.cat(fused_ranked).numpy(), gold_items)
+        results["dense_beam_weight"] = dense_beam_weight
     results["codebook_health"] = config.get("codebook_health")
     results["training"] = config.get("training")
     if write_report:
@@ -298,6 +323,9 @@ def metric_rows(results: dict) -> dict[str, dict]:
     rows = {"popularity": results["popularity"], "retrieval": results["retrieval"]}
     if "retrieval+ranking" in results:
         rows["retrieval+ranking"] = results["retrieval+ranking"]
+    for kind in ("dense", "dense+beam"):
+        if kind in results:
+            rows[kind] = results[kind]
     return rows
 
 

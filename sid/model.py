@@ -276,6 +276,7 @@ class SIDRecModel:
         self.vocab = vocab
         self.sids = sids
         self.prefixmem = prefixmem
+        self.dense = None  # optional attached `sid.dense.DenseRetrieval` (item IDs + dense head)
         self.fingerprint: str | None = None  # set when loaded from a run directory
 
     @classmethod
@@ -309,6 +310,8 @@ class SIDRecModel:
         self.sids.save(run_dir)
         tmp = run_dir / f".model.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
+        if self.dense is not None:
+            self.dense.detach(self.lm)  # wraps PrefixMem's wrapper, so it comes off first
         if self.prefixmem is not None:
             self.prefixmem.detach(self.lm)  # the LM is saved plain; PrefixMem on its own
         try:
@@ -316,11 +319,14 @@ class SIDRecModel:
         finally:
             if self.prefixmem is not None:
                 self.prefixmem.attach(self.lm, self.vocab)
+            if self.dense is not None:
+                self.dense.attach(self.lm, self.vocab, self.sids)
         self.tokenizer.save_pretrained(tmp)
         binding = {
             "semantic_ids_fingerprint": self.sids.fingerprint(),
             "model_fingerprint": fingerprint or uuid.uuid4().hex[:16],
             "prefixmem": self.prefixmem is not None,
+            "dense": self.dense is not None,
         }
         (tmp / "sid_vocab.json").write_text(
             json.dumps({**self.vocab.to_dict(), **binding}, indent=1), encoding="utf-8"
@@ -328,6 +334,8 @@ class SIDRecModel:
         replace_path(tmp, run_dir / "model")
         if self.prefixmem is not None:
             self.prefixmem.save_pretrained(run_dir / "prefixmem")
+        if self.dense is not None:
+            self.dense.save_pretrained(run_dir / "dense")
 
     @classmethod
     def from_pretrained(
@@ -383,6 +391,19 @@ class SIDRecModel:
             pm = PrefixMem.from_pretrained(run_dir / "prefixmem")
             pm.attach(lm, vocab)
             model.prefixmem = pm
+        if saved.get("dense", False):
+            from sid.dense import DenseRetrieval
+
+            if not (run_dir / "dense" / "config.json").exists():
+                raise FileNotFoundError(
+                    f"{model_dir} was trained with a dense retrieval head, but "
+                    f"{run_dir / 'dense'} is missing; re-run train.py to rebuild the run"
+                )
+            dense = DenseRetrieval.from_pretrained(run_dir / "dense")
+            if device is not None:
+                dense.to(device)
+            dense.attach(lm, vocab, sids)
+            model.dense = dense
         return model
 
 

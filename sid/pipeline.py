@@ -143,6 +143,16 @@ class ModelArguments:
     ranker_random_negatives: int = field(
         default=4, metadata={"help": "Ranking head: random catalogue negatives per example."}
     )
+    dense: bool = field(
+        default=False,
+        metadata={
+            "help": "Per-item ID embeddings + a dense retrieval head (dot product over item "
+            "vectors, full-softmax loss with the LM's); eval merges its top items with the beam."
+        },
+    )
+    dense_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the dense head's loss beside the LM loss."}
+    )
 
 
 @dataclass
@@ -572,6 +582,7 @@ def model_stage(
         margs.stride,
         margs.outcome_loss,
         train_options,
+        *((("dense", margs.dense_weight),) if margs.dense else ()),
     )
     check_compatible_run(run, sids, rargs.overwrite)
     if run.fresh("model", key, "model/sid_vocab.json"):
@@ -607,6 +618,12 @@ def model_stage(
     if prefixmem is not None:
         prefixmem.attach(rec.lm, rec.vocab)
         rec.prefixmem = prefixmem
+    if margs.dense:
+        from sid.dense import DenseConfig, DenseRetrieval
+
+        hidden = int(rec.lm.config.get_text_config().hidden_size)
+        rec.dense = DenseRetrieval(DenseConfig(num_items=len(sids), hidden_size=hidden))
+        rec.dense.attach(rec.lm, rec.vocab, sids)
     train = build_train_windows(
         split,
         sids,
@@ -638,7 +655,9 @@ def model_stage(
         seed=rargs.seed,
         precision=rargs.precision,
     )
-    trainer = make_trainer(rec.lm, train, valid, targs, rec.tokenizer.pad_token_id)
+    trainer = make_trainer(
+        rec.lm, train, valid, targs, rec.tokenizer.pad_token_id, dense_weight=margs.dense_weight
+    )
     run.mark_now("model_started", key)
     resume = rargs.resume and bool(found)
     start = time.perf_counter()
@@ -719,7 +738,9 @@ def run_training(
         remove = ()
         if new_model:
             # artifacts of the model being replaced that this run did not rebuild
-            remove = tuple(n for n in ("prefixmem", "ranker") if not (run.staging / n).exists())
+            remove = tuple(
+                n for n in ("prefixmem", "dense", "ranker") if not (run.staging / n).exists()
+            )
         run.commit(remove=remove)
     except BaseException:
         run.discard()
@@ -771,6 +792,7 @@ def validate_arguments(
         "ranker_steps": (margs.ranker_steps, 1),
         "ranker_beam_negatives": (margs.ranker_beam_negatives, 0),
         "ranker_random_negatives": (margs.ranker_random_negatives, 0),
+        "dense_weight": (margs.dense_weight, 0),
         "min_length": (dargs.min_length, 3),
     }
     for option, (value, low) in smallest.items():

@@ -220,10 +220,67 @@ def make_training_arguments(
     )
 
 
-def make_trainer(lm, train_columns: dict, eval_columns: dict | None, args, pad_token_id: int):
-    """An HF `Trainer` over our token-id datasets (accelerate handles devices and processes)."""
+def joint_dense_loss(model, inputs: dict, *, dense_weight: float = 1.0):
+    """LM next-token loss + `dense_weight` × the dense head's full-softmax item loss.
+
+    For an LM with a `sid.dense.DenseRetrieval` attached: one forward of the base model gives
+    the states for both heads. Returns (loss, CausalLMOutputWithPast with logits [B, T, V]).
+    """
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    from sid.dense import DenseRetrieval, dense_loss
+
+    wrapper = DenseRetrieval.attached(model)
+    labels = inputs["labels"]
+    hidden = model.base_model(
+        input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
+    ).last_hidden_state
+    logits = model.get_output_embeddings()(hidden)
+    lm = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE
+    )
+    dense = dense_loss(wrapper, hidden, inputs["input_ids"], labels)
+    return lm + dense_weight * dense, CausalLMOutputWithPast(loss=lm, logits=logits)
+
+
+def _dense_trainer_class():
+    from transformers import Trainer
+
+    class DenseTrainer(Trainer):
+        """`Trainer` whose loss adds the dense retrieval head's item loss to the LM loss."""
+
+        dense_weight = 1.0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, outputs = joint_dense_loss(model, inputs, dense_weight=self.dense_weight)
+            return (loss, outputs) if return_outputs else loss
+
+    return DenseTrainer
+
+
+def make_trainer(
+    lm,
+    train_columns: dict,
+    eval_columns: dict | None,
+    args,
+    pad_token_id: int,
+    *,
+    dense_weight: float = 1.0,
+):
+    """An HF `Trainer` over our token-id datasets (accelerate handles devices and processes).
+
+    When `lm` has a `sid.dense.DenseRetrieval` attached, the loss is the LM loss plus
+    `dense_weight` × the dense head's full-softmax loss (`joint_dense_loss`).
+    """
     from datasets import Dataset
     from transformers import Trainer
+
+    from sid.dense import DenseRetrieval
+
+    trainer_cls = Trainer
+    if DenseRetrieval.attached(lm) is not None:
+        trainer_cls = _dense_trainer_class()
+        trainer_cls.dense_weight = float(dense_weight)
 
     train = Dataset.from_dict({k: train_columns[k] for k in ("input_ids", "labels")})
     evaluation = (
@@ -231,7 +288,7 @@ def make_trainer(lm, train_columns: dict, eval_columns: dict | None, args, pad_t
         if eval_columns
         else None
     )
-    return Trainer(
+    return trainer_cls(
         model=lm,
         args=args,
         train_dataset=train,

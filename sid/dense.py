@@ -1,0 +1,286 @@
+"""Per-item ID embeddings and a dense retrieval branch beside the SID tokens.
+
+Two capabilities share one learned table ``E [N, H]`` (one row per catalogue item, width of
+the LM):
+
+- **item-ID embedding**: at the position of an item's *last* SID token (the first position
+  where the whole SID, hence the item, is known) ``E[item]`` is added to the input
+  embedding. Adding it earlier would leak the item's deeper codes to the positions that must
+  predict them.
+- **dense head**: the history state at the position that starts the next item (its outcome
+  token, which is also where the beam search starts decoding) scores every item by dot
+  product with ``E`` (tied input/output item vectors, as in SASRec); trained with full-softmax
+  cross-entropy over the catalogue jointly with the LM loss. At serving time the top items of
+  this ANN-style dot product are merged with the beam candidates (UniPinRec-style).
+
+``DenseRetrieval.attach(lm, vocab, sids)`` wraps the LM's input embedding (any wrapper already
+there, e.g. PrefixMem's, stays inside); ``detach`` restores it. The module saves as
+``config.json`` + ``model.safetensors`` like the other artifacts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sid.artifacts import load_artifact, save_artifact
+
+IGNORE = -100
+
+
+@dataclass
+class DenseConfig:
+    num_items: int
+    hidden_size: int
+    init_std: float = 0.02
+    add_to_input: bool = True  # False: dense head only, no item-ID embedding at the input
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DenseConfig:
+        try:
+            return cls(
+                **{
+                    k: d[k]
+                    for k in ("num_items", "hidden_size", "init_std", "add_to_input")
+                    if k in d
+                }
+            )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"dense config {d!r} lacks a field ({err})") from None
+
+
+class DenseRetrieval(nn.Module):
+    """Item table ``items.weight [N, H]``: ID embedding at the input, dense scorer at the output."""
+
+    def __init__(self, config: DenseConfig):
+        super().__init__()
+        if config.num_items < 1 or config.hidden_size < 1:
+            raise ValueError(f"num_items and hidden_size must be >= 1, got {config}")
+        self.config = config
+        self.items = nn.Embedding(config.num_items, config.hidden_size)
+        nn.init.normal_(self.items.weight, std=config.init_std)
+
+    def scores(self, h: torch.Tensor) -> torch.Tensor:
+        """h FloatTensor [..., H] → logits over the catalogue [..., N] (column i = item i)."""
+        return h.float() @ self.items.weight.float().T
+
+    # ------------------------------------------------------------------ attach / detach
+    def attach(self, model: nn.Module, vocab, sids) -> DenseItemEmbedding:
+        """Wrap ``model``'s input embedding so it adds ``E[item]`` at each item's last SID token.
+
+        vocab: a bound SIDVocab; sids: the SemanticIDs whose trie maps a full SID to its item.
+        The wrapped embedding's weight stays the same Parameter (a tied lm_head stays tied).
+        """
+        if len(sids) != self.config.num_items:
+            raise ValueError(
+                f"dense table has {self.config.num_items} items, the SIDs {len(sids)}: build "
+                "DenseConfig(num_items=len(sids))"
+            )
+        emb = model.get_input_embeddings()
+        if isinstance(emb, DenseItemEmbedding):
+            raise ValueError("model already has a DenseRetrieval attached; detach it first")
+        wrapper = DenseItemEmbedding(emb, self, vocab, sids)
+        model.set_input_embeddings(wrapper)
+        return wrapper
+
+    @staticmethod
+    def detach(model: nn.Module) -> DenseRetrieval:
+        """Restore the embedding that was wrapped; returns the DenseRetrieval that was attached."""
+        wrapper = model.get_input_embeddings()
+        if not isinstance(wrapper, DenseItemEmbedding):
+            raise ValueError(f"no DenseRetrieval is attached to {type(model).__name__}")
+        model.set_input_embeddings(wrapper.inner)
+        return wrapper.dense
+
+    @staticmethod
+    def attached(model: nn.Module) -> DenseItemEmbedding | None:
+        emb = model.get_input_embeddings()
+        return emb if isinstance(emb, DenseItemEmbedding) else None
+
+    # ------------------------------------------------------------------ artifacts
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write ``config.json`` + ``model.safetensors`` to directory ``path`` atomically."""
+        save_artifact(path, self.config.to_dict(), {"items": self.items.weight})
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, map_location="cpu") -> DenseRetrieval:
+        config, state = load_artifact(
+            path, what="a dense retrieval directory written by save_pretrained",
+            map_location=map_location,
+        )  # fmt: skip
+        module = cls(DenseConfig.from_dict(config))
+        if "items" not in state or tuple(state["items"].shape) != tuple(module.items.weight.shape):
+            raise ValueError(
+                f"{path}: weights do not match config {config} (tensor 'items' missing or of "
+                "another shape)"
+            )
+        with torch.no_grad():
+            module.items.weight.copy_(state["items"])
+        return module.to(map_location)
+
+
+class DenseItemEmbedding(nn.Module):
+    """Input-embedding wrapper: inner embedding + ``E[item]`` at every item's last SID token."""
+
+    def __init__(self, inner: nn.Module, dense: DenseRetrieval, vocab, sids):
+        super().__init__()
+        weight = getattr(inner, "weight", None)
+        if not isinstance(weight, nn.Parameter) or weight.dim() != 2:
+            raise ValueError(f"cannot wrap input embedding {type(inner).__name__}: no 2-D weight")
+        if weight.shape[1] != dense.config.hidden_size:
+            raise ValueError(
+                f"LM hidden size {weight.shape[1]} != dense hidden_size "
+                f"{dense.config.hidden_size}; build DenseConfig(hidden_size={weight.shape[1]})"
+            )
+        if getattr(vocab, "level_start", None) is None:
+            raise ValueError("vocab is not bound to token ids: call vocab.add_to_tokenizer first")
+        V = weight.shape[0]
+        token_level = torch.full((V,), -1, dtype=torch.long)
+        token_code = torch.zeros(V, dtype=torch.long)
+        for level, (start, k) in enumerate(
+            zip(vocab.level_start, vocab.codebook_sizes, strict=True)
+        ):
+            if start + k > V:
+                raise ValueError(
+                    f"SID level {level} uses token ids up to {start + k - 1} but the embedding "
+                    f"has {V} rows: call vocab.resize_model(model) before attaching"
+                )
+            token_level[start : start + k] = level
+            token_code[start : start + k] = torch.arange(k)
+        # the weight is reached through `inner` only (a second attribute would save it twice);
+        # it stays the same Parameter, so a tied lm_head stays tied
+        self.inner = inner
+        self.dense = dense
+        self.num_levels = vocab.num_levels
+        self.register_buffer("token_level", token_level.to(weight.device), persistent=False)
+        self.register_buffer("token_code", token_code.to(weight.device), persistent=False)
+        for level, table in enumerate(sids.trie.node_child):
+            self.register_buffer(f"trie_{level}", table.to(weight.device), persistent=False)
+
+    weight = property(lambda self: self.inner.weight)
+    accepts_prefix_codes = property(lambda self: getattr(self.inner, "accepts_prefix_codes", False))
+    num_embeddings = property(lambda self: self.weight.shape[0])
+    embedding_dim = property(lambda self: self.weight.shape[1])
+    padding_idx = property(lambda self: getattr(self.inner, "padding_idx", None))
+
+    def item_at(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids LongTensor [B, T] → item index LongTensor [B, T] at positions holding an
+        item's last SID token preceded by its other SID tokens in level order; -1 elsewhere."""
+        L = self.num_levels
+        lv = self.token_level[input_ids]
+        cd = self.token_code[input_ids]
+        T = input_ids.shape[1]
+        # level l of the item ending at t sits at t - (L - 1 - l)
+        ok = lv == L - 1
+        node = torch.zeros_like(input_ids)
+        for level in range(L):
+            s = L - 1 - level
+            lv_s = F.pad(lv, (s, 0), value=-1)[:, :T]
+            cd_s = F.pad(cd, (s, 0), value=0)[:, :T]
+            ok = ok & (lv_s == level)
+            table = getattr(self, f"trie_{level}")
+            node = table[node.clamp_min(0), cd_s.clamp(0, table.shape[1] - 1)]
+            ok = ok & (node >= 0)
+        return torch.where(ok, node, -1)
+
+    def forward(self, input_ids: torch.Tensor, prefix_codes: torch.Tensor | None = None):
+        """input_ids LongTensor [B, T] (or [T]) → FloatTensor [B, T, H]."""
+        if input_ids.dim() == 1:
+            return self.forward(input_ids[None], prefix_codes)[0]
+        if self.accepts_prefix_codes:
+            x = self.inner(input_ids, prefix_codes=prefix_codes)
+        else:
+            x = self.inner(input_ids)
+        if not self.dense.config.add_to_input:
+            return x
+        items = self.item_at(input_ids)
+        add = self.dense.items(items.clamp_min(0)) * (items >= 0).unsqueeze(-1)
+        return x + add.to(x.dtype)
+
+
+def dense_targets(
+    wrapper: DenseItemEmbedding, input_ids: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Dense-head target of every position, LongTensor [B, T]: at an outcome token whose item
+    is a training target (its SID tokens carry labels), that item's index; -100 elsewhere."""
+    L = wrapper.num_levels
+    T = input_ids.shape[1]
+    items = wrapper.item_at(input_ids)
+    ahead = F.pad(items, (0, L), value=-1)[:, L : L + T]  # item ending L tokens later
+    labelled = F.pad(labels, (0, 1), value=IGNORE)[:, 1 : 1 + T] != IGNORE
+    is_outcome = wrapper.token_level[input_ids] < 0
+    keep = (ahead >= 0) & labelled & is_outcome
+    return torch.where(keep, ahead, IGNORE)
+
+
+def dense_loss(
+    wrapper: DenseItemEmbedding,
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+) -> torch.Tensor:
+    """Full-softmax cross-entropy of the dense head; hidden FloatTensor [B, T, H]."""
+    targets = dense_targets(wrapper, input_ids, labels)
+    keep = targets != IGNORE
+    if not bool(keep.any()):
+        return hidden.sum() * 0.0
+    return F.cross_entropy(wrapper.dense.scores(hidden[keep]), targets[keep])
+
+
+def fuse_with_beam(
+    dense_logits: torch.Tensor,
+    beam_items: torch.Tensor,
+    beam_scores: torch.Tensor,
+    *,
+    beam_weight: float,
+    k: int,
+    exclude: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Merge dense full-catalogue scores with beam candidates → top-k items LongTensor [B, k].
+
+    dense_logits [B, N]; beam_items [B, K] (-1 padded), beam_scores [B, K] (SID log-probs).
+    score = log_softmax(dense) + beam_weight * beam_logp, where an item outside the beam gets
+    the user's lowest returned beam log-prob (an upper bound on its own). exclude [B, M]
+    item indices (-1 padded) never returned.
+    """
+    B, N = dense_logits.shape
+    logp = F.log_softmax(dense_logits.float(), dim=-1)
+    if beam_weight:
+        finite = torch.isfinite(beam_scores) & (beam_items >= 0)
+        floor = beam_scores.masked_fill(~finite, float("inf")).min(dim=1).values
+        floor = torch.where(torch.isfinite(floor), floor, torch.zeros_like(floor))
+        beam = floor[:, None].expand(B, N + 1).clone()
+        beam.scatter_(1, beam_items.where(finite, N), beam_scores.where(finite, 0.0))
+        logp = logp + beam_weight * beam[:, :N]
+    if exclude is not None:
+        blocked = torch.zeros(B, N + 1, dtype=torch.bool, device=logp.device)
+        blocked.scatter_(1, exclude.where(exclude >= 0, N), True)
+        logp = logp.masked_fill(blocked[:, :N], float("-inf"))
+    return logp.topk(min(k, N), dim=-1).indices
+
+
+@torch.no_grad()
+def dense_logits(
+    lm,
+    dense: DenseRetrieval,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    outcome_id: int,
+) -> torch.Tensor:
+    """Dense scores of the whole catalogue, FloatTensor [B, N], for LEFT-padded histories
+    input_ids/attention_mask [B, T]: the state at the appended outcome token (where the beam
+    search starts decoding) dotted with every item vector. One forward of the history."""
+    B = input_ids.shape[0]
+    tok = torch.full((B, 1), outcome_id, dtype=torch.long, device=input_ids.device)
+    ids = torch.cat([input_ids, tok], 1)
+    mask = torch.cat([attention_mask.long(), torch.ones_like(tok)], 1)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    h = lm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions)
+    return dense.scores(h.last_hidden_state[:, -1])

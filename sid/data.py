@@ -221,11 +221,11 @@ def _read_table(path: str | os.PathLike, *, sep: str | None = None, what: str) -
     return table
 
 
-def _decode_utf8(path: Path, *, what: str) -> str:
-    """The file's text; a non-UTF-8 byte is reported with its line and column."""
+def _decode_utf8(path: Path, *, what: str) -> tuple[bytes, str]:
+    """The file's (bytes, text); a non-UTF-8 byte is reported with its line and column."""
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8")
+        return raw, raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
@@ -243,9 +243,9 @@ def _check_delimited(path: Path, *, sep: str, quoted: bool, what: str) -> list[s
     in well under a second); quoted (RFC 4180) files with the `csv` module, which knows that a
     quoted field may hold the separator or a newline.
     """
-    text = _decode_utf8(path, what=what)
+    raw, text = _decode_utf8(path, what=what)
     if text.startswith("\ufeff"):
-        text = text[1:]
+        raw, text = raw[3:], text[1:]  # the UTF-8 byte order mark is 3 bytes
     if quoted:
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
         try:
@@ -268,7 +268,7 @@ def _check_delimited(path: Path, *, sep: str, quoted: bool, what: str) -> list[s
                 f"{what} file {path}: malformed CSV at line {reader.line_num} ({err})"
             ) from None
     else:
-        data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)  # checked UTF-8 bytes
+        data = np.frombuffer(raw, dtype=np.uint8)  # already checked to be UTF-8
         ends = np.flatnonzero(data == 10)
         if len(ends) == 0 or ends[-1] != len(data) - 1:
             ends = np.append(ends, len(data))  # last line without a newline

@@ -142,18 +142,14 @@ class DenseItemEmbedding(nn.Module):
         if getattr(vocab, "level_start", None) is None:
             raise ValueError("vocab is not bound to token ids: call vocab.add_to_tokenizer first")
         V = weight.shape[0]
-        token_level = torch.full((V,), -1, dtype=torch.long)
-        token_code = torch.zeros(V, dtype=torch.long)
-        for level, (start, k) in enumerate(
-            zip(vocab.level_start, vocab.codebook_sizes, strict=True)
-        ):
-            if start + k > V:
-                raise ValueError(
-                    f"SID level {level} uses token ids up to {start + k - 1} but the embedding "
-                    f"has {V} rows: call vocab.resize_model(model) before attaching"
-                )
-            token_level[start : start + k] = level
-            token_code[start : start + k] = torch.arange(k)
+        last = max(st + k for st, k in zip(vocab.level_start, vocab.codebook_sizes, strict=True))
+        if last > V:
+            raise ValueError(
+                f"SID tokens use ids up to {last - 1} but the embedding has {V} rows: call "
+                "vocab.resize_model(model) before attaching"
+            )
+        token_level, token_code = vocab.token_levels_codes(torch.arange(V))
+        token_code = token_code.clamp(min=0)  # non-SID rows: level -1, code 0
         # the weight is reached through `inner` only (a second attribute would save it twice);
         # it stays the same Parameter, so a tied lm_head stays tied
         self.inner = inner

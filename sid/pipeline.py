@@ -319,11 +319,6 @@ class RunDir:
         """
         staged = sorted(p.name for p in self.staging.iterdir())
         stale = [name for name in remove if (self.path / name).exists() and name not in staged]
-        if not staged and not stale:
-            self.stages.update(self.pending)
-            write_json_atomic(self._stages_file, self.stages)
-            self.discard()
-            return
         self.stages = {k: v for k, v in self.stages.items() if k not in self.pending}
         write_json_atomic(self._stages_file, self.stages)
         for name in staged:
@@ -694,7 +689,9 @@ def run_training(
     model name and the codebook's capacity are checked before any long work starts.
     """
     validate_arguments(dargs, sargs, margs, rargs)
-    check_model_source(margs.model, trust_remote_code=margs.trust_remote_code)
+    from sid.model import resolve_model_source
+
+    resolve_model_source(margs.model, trust_remote_code=margs.trust_remote_code)
     if rargs.threads:
         torch.set_num_threads(rargs.threads)
     torch.manual_seed(rargs.seed)
@@ -833,13 +830,6 @@ def validate_arguments(
         )
     if dargs.embeddings and not Path(dargs.embeddings).exists():
         raise FileNotFoundError(f"--embeddings {dargs.embeddings}: file not found")
-
-
-def check_model_source(name: str, *, trust_remote_code: bool = False) -> None:
-    """Fail fast on a model that cannot be loaded: see `sid.model.resolve_model_source`."""
-    from sid.model import resolve_model_source
-
-    resolve_model_source(name, trust_remote_code=trust_remote_code)
 
 
 # A code space this many times larger than the catalogue still collides often (RQ codes are

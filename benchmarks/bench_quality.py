@@ -167,7 +167,7 @@ def quality(ranked: np.ndarray, gold: np.ndarray) -> dict[str, float]:
 # Ours: SID LM (+ item-ID embeddings + dense head), trained by the library's own pieces
 
 
-def build_sids(data, *, tokenizer: str, sizes: list[int], seed: int):
+def build_sids(data, *, tokenizer: str, sizes: list[int], seed: int, policy: str = "suffix"):
     from sid.codes import SemanticIDs
     from sid.embed import embed_texts
     from sid.tokenizers import build_sid_tokenizer
@@ -175,7 +175,10 @@ def build_sids(data, *, tokenizer: str, sizes: list[int], seed: int):
     X = embed_texts(data.item_texts)
     torch.manual_seed(seed)
     tok = build_sid_tokenizer(tokenizer, codebook_sizes=sizes).fit(X)
-    return SemanticIDs.from_codes(tok.encode(X), data.item_ids, codebook_sizes=tok.codebook_sizes)
+    extra = {"distances": tok.last_level_distances(X)} if policy == "reassign" else {}
+    return SemanticIDs.from_codes(
+        tok.encode(X), data.item_ids, codebook_sizes=tok.codebook_sizes, policy=policy, **extra
+    )
 
 
 def train_ours(split, sids, args, run_dir: Path):
@@ -193,12 +196,14 @@ def train_ours(split, sids, args, run_dir: Path):
             DenseConfig(num_items=len(sids), hidden_size=hidden, add_to_input=args.item_ids)
         )
         dense.attach(rec.lm, rec.vocab, sids)
-    train = build_train_windows(split, sids, rec.vocab, max_items=args.max_items)
+    train = build_train_windows(
+        split, sids, rec.vocab, max_items=args.max_items, stride=args.stride
+    )
     targs = make_training_arguments(
         run_dir / "checkpoints",
         epochs=args.ours_epochs,
         max_steps=args.ours_max_steps,
-        batch_size=64,
+        batch_size=args.ours_batch_size,
         grad_accum=1,
         lr=args.ours_lr,
         warmup_ratio=0.05,
@@ -280,7 +285,10 @@ def main() -> None:
     parser.add_argument("--ours_epochs", type=float, default=1.0)
     parser.add_argument("--ours_max_steps", type=int, default=-1)
     parser.add_argument("--ours_lr", type=float, default=2e-3)
-    parser.add_argument("--max_items", type=int, default=50)
+    parser.add_argument("--max_items", type=int, default=100)
+    parser.add_argument("--stride", type=int, default=100, help="Window step in items.")
+    parser.add_argument("--ours_batch_size", type=int, default=32)
+    parser.add_argument("--collision_policy", default="reassign")
     parser.add_argument("--sid_tokenizer", default="rqkmeans")
     parser.add_argument("--codebook_sizes", default="256,256,256")
     parser.add_argument("--dense", type=int, default=1, help="1: dense head + joint loss.")
@@ -288,8 +296,12 @@ def main() -> None:
     parser.add_argument("--tune_users", type=int, default=1000, help="Valid users for fusion.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="Write the rows as JSON here too.")
+    parser.add_argument(
+        "--kept_only", action="store_true", help="Score only the history-kept protocol."
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    protocols = (True,) if args.kept_only else (True, False)
 
     from sid.data import leave_one_out, load_builtin
 
@@ -307,7 +319,7 @@ def main() -> None:
             split, epochs=args.epochs, max_len=args.max_len, batch_size=args.batch_size,
             lr=args.lr, d=args.d, seed=args.seed,
         )  # fmt: skip
-        for keep in (True, False):
+        for keep in protocols:
             protocol = "history kept" if keep else "history excluded"
             ranked = rank_sasrec(
                 model, split, "test", max_len=args.max_len, exclude_history=not keep
@@ -323,6 +335,7 @@ def main() -> None:
     sids = build_sids(
         data, tokenizer=args.sid_tokenizer,
         sizes=[int(x) for x in args.codebook_sizes.split(",")], seed=args.seed,
+        policy=args.collision_policy,
     )  # fmt: skip
     sid_seconds = time.perf_counter() - t0
     rec, dense, seconds = train_ours(split, sids, args, Path(args.ours_dir))
@@ -350,7 +363,7 @@ def main() -> None:
             print(f"valid fusion beam_weight={w}: ndcg@10 {nd:.4f}", flush=True)
             if nd > best:
                 best, weight = nd, w
-    for keep in (True, False):
+    for keep in protocols:
         from sid.dense import fuse_with_beam
 
         protocol = "history kept" if keep else "history excluded"
@@ -374,13 +387,16 @@ def main() -> None:
     if args.run:
         from sid.evaluation import evaluate_run
 
-        for keep in (True, False):
+        for keep in protocols:
             protocol = "history kept" if keep else "history excluded"
             res = evaluate_run(
                 args.run, num_beams=args.num_beams, top_k=args.num_beams,
                 exclude_history=not keep, write_report=False,
             )  # fmt: skip
-            show(f"{Path(args.run).name} (train.py run), {protocol}", res["retrieval"])
+            name = Path(args.run).name
+            for kind in ("retrieval", "retrieval+ranking", "dense", "dense+beam"):
+                if kind in res:
+                    show(f"{name} (train.py run) {kind}, {protocol}", res[kind])
     print(
         f"\n{split.data.name}, test split, {split.num_users} users, full ranking over "
         f"{split.data.num_items} items\n"

@@ -141,7 +141,15 @@ class ModelArguments:
         default=16, metadata={"help": "Ranking head: beam-search negatives per example."}
     )
     ranker_random_negatives: int = field(
-        default=4, metadata={"help": "Ranking head: random catalogue negatives per example."}
+        default=4,
+        metadata={"help": "Ranking head: random catalogue negatives (with --ranker_features 0)."},
+    )
+    ranker_features: bool = field(
+        default=True,
+        metadata={
+            "help": "Ranking head reads each candidate's beam log-prob and trains on the beam's "
+            "own lists (--ranker_beam_negatives long); False: the older head without it."
+        },
     )
     dense: bool = field(
         default=False,
@@ -205,14 +213,23 @@ PRESETS: dict[str, dict] = {
         prefixmem_head_dim=8,
         run_dir="runs/quickstart",
     ),
+    # MovieLens-1M: RQ-KMeans SIDs without a collision level, non-overlapping 100-item
+    # windows, the dense head + item-ID embeddings; 42 min on 2 CPU cores (BENCHMARKS.md).
     "ml1m": dict(
         dataset="movielens-1m",
-        sid_tokenizer="rqvae",
+        sid_tokenizer="rqkmeans",
         codebook_sizes="256,256,256",
+        collision_policy="reassign",
         model="tiny",
-        max_items=50,
-        epochs=2.0,
-        batch_size=64,
+        max_items=100,
+        stride=100,
+        epochs=5.0,
+        batch_size=32,
+        dense=True,
+        eval_users=1000,
+        eval_steps=500,
+        save_steps=500,
+        logging_steps=50,
         run_dir="runs/ml1m",
     ),
     "smollm2": dict(
@@ -811,6 +828,13 @@ def validate_arguments(
         raise ValueError(f"unknown preset {rargs.preset!r}; choose one of {', '.join(PRESETS)}")
     sizes = parse_sizes(sargs.codebook_sizes)
     need(min(sizes) >= 2, "codebook_sizes", sargs.codebook_sizes, "every size must be >= 2")
+    if margs.ranker and margs.ranker_features:
+        need(
+            margs.ranker_beam_negatives >= 2,
+            "ranker_beam_negatives",
+            margs.ranker_beam_negatives,
+            "the head fed the beam log-prob trains on beam lists this long: it must be >= 2",
+        )
     if margs.stride is not None:
         need(
             1 <= margs.stride <= margs.max_items,
@@ -887,6 +911,7 @@ def ranker_stage(
         margs.ranker_steps,
         margs.ranker_beam_negatives,
         margs.ranker_random_negatives,
+        margs.ranker_features,
         rargs.seed,
     )
     if run.fresh("ranker", key, "ranker/config.json"):
@@ -898,9 +923,12 @@ def ranker_stage(
             hidden_size=int(rec.lm.config.get_text_config().hidden_size),
             num_levels=rec.vocab.num_levels,
             outcomes=list(rec.vocab.outcomes),
+            score_features=1 if margs.ranker_features else 0,
         )
     )
     rec.lm.eval()
+    # beams under the outcome eval.py serves by default: the most frequent train outcome
+    counts = np.bincount(split.train_outcomes, minlength=len(split.data.outcome_labels))
     stats = train_ranker(
         head,
         rec.lm,
@@ -911,7 +939,8 @@ def ranker_stage(
         seed=rargs.seed,
         max_history=margs.max_items,
         n_beam_negatives=margs.ranker_beam_negatives,
-        n_random_negatives=margs.ranker_random_negatives,
+        n_random_negatives=0 if margs.ranker_features else margs.ranker_random_negatives,
+        beam_outcome=split.data.outcome_labels[int(counts.argmax())],
     )
     head.save_pretrained(run.staging / "ranker")
     # which model the head was trained on: eval refuses a head that belongs to another model

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -55,6 +56,12 @@ class RankingHeadConfig:
     extra_size: width of the optional per-candidate extra vector (e.g. a PrefixMem vector);
         ``None`` means ``hidden_size``. Its projection starts at zero, so a head trained
         without extras is unchanged when none are passed.
+    score_features: how many retrieval scores per candidate the head reads (0: none). With
+        1, the head is fed the beam log-prob (renormalised over the user's candidate list,
+        :func:`beam_score_features`): into its residual stream, and through a linear skip to
+        the logits that starts as "interaction logit = that log-prob", so an untrained head
+        already orders candidates about as retrieval does. Such a head is trained on the beam
+        search's own candidate lists (:func:`train_ranker`).
     """
 
     hidden_size: int
@@ -66,6 +73,7 @@ class RankingHeadConfig:
     ffn_mult: int = 2
     dropout: float = 0.1
     extra_size: int | None = None
+    score_features: int = 0
 
     def __post_init__(self):
         if self.extra_size is None:
@@ -75,6 +83,10 @@ class RankingHeadConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"RankingHeadConfig.{name} must be a positive int, got {value!r}")
+        if not isinstance(self.score_features, int) or self.score_features < 0:
+            raise ValueError(
+                f"RankingHeadConfig.score_features must be an int >= 0, got {self.score_features!r}"
+            )
         if self.head_size % self.n_heads:
             raise ValueError(
                 f"head_size={self.head_size} is not divisible by n_heads={self.n_heads}"
@@ -169,6 +181,18 @@ class RankingHead(nn.Module):
         self.blocks = nn.ModuleList(_CrossAttentionBlock(config) for _ in range(config.n_layers))
         self.out_norm = nn.LayerNorm(D)
         self.readout = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, config.num_classes))
+        F_ = config.score_features
+        if F_:
+            self.score_proj = nn.Linear(F_, D)
+            nn.init.zeros_(self.score_proj.weight)
+            nn.init.zeros_(self.score_proj.bias)
+            # skip path: every outcome logit starts as the first score (the beam log-prob),
+            # "none" at 0, so P(interaction) starts monotone in the retrieval score
+            self.score_skip = nn.Linear(F_, config.num_classes)
+            with torch.no_grad():
+                self.score_skip.weight.zero_()
+                self.score_skip.bias.zero_()
+                self.score_skip.weight[: len(config.outcomes), 0] = 1.0
 
     @property
     def outcomes(self) -> list[str]:
@@ -180,6 +204,7 @@ class RankingHead(nn.Module):
         history_mask: LongTensor,
         candidate_embeds: FloatTensor,
         extra: FloatTensor | None = None,
+        scores: FloatTensor | None = None,
     ) -> FloatTensor:
         """Logits over (outcomes + "none") for every candidate.
 
@@ -189,6 +214,8 @@ class RankingHead(nn.Module):
             candidate_embeds: FloatTensor[B, C, L, H] input embeddings of each candidate's
                 SID tokens (see :func:`candidate_embeddings`).
             extra: optional FloatTensor[B, C, E] per-candidate vectors (``E = extra_size``).
+            scores: FloatTensor[B, C, F] retrieval scores (``F = score_features``; e.g.
+                :func:`beam_score_features`); required exactly when ``score_features > 0``.
 
         Returns:
             FloatTensor[B, C, O + 1]; the last column is the "none" class.
@@ -218,12 +245,26 @@ class RankingHead(nn.Module):
                     f"extra must be [B={B}, C={C}, E={cfg.extra_size}], got {tuple(extra.shape)}"
                 )
             x = x + self.extra_proj(extra.to(dtype))
+        if cfg.score_features:
+            if scores is None or scores.shape != (B, C, cfg.score_features):
+                got = None if scores is None else tuple(scores.shape)
+                raise ValueError(
+                    f"this head reads {cfg.score_features} retrieval score(s) per candidate: "
+                    f"pass scores [B={B}, C={C}, F={cfg.score_features}], got {got}"
+                )
+            scores = scores.to(dtype)
+            x = x + self.score_proj(scores)
+        elif scores is not None:
+            raise ValueError("this head was built with score_features=0; it takes no scores")
         memory = self.memory_proj(self.memory_norm(history_states.to(dtype)))  # [B, T, D]
         memory = torch.cat([self.null_memory.expand(B, 1, -1), memory], dim=1)
         keep = F.pad(history_mask.bool(), (1, 0), value=True)  # [B, 1 + T]
         for block in self.blocks:
             x = block(x, memory, keep)
-        return self.readout(self.out_norm(x))
+        logits = self.readout(self.out_norm(x))
+        if cfg.score_features:
+            logits = logits + self.score_skip(scores)
+        return logits
 
     # ------------------------------------------------------------------ artifacts
     def save_pretrained(self, path: str | os.PathLike) -> None:
@@ -274,6 +315,19 @@ def candidate_embeddings(lm, vocab: SIDVocab, codes: LongTensor) -> FloatTensor:
     B, C, L = codes.shape
     ids = vocab.sid_token_ids(codes).view(B * C, L).to(lm.get_input_embeddings().weight.device)
     return lm.get_input_embeddings()(ids).view(B, C, L, -1)
+
+
+def beam_score_features(beam_scores: FloatTensor, valid: BoolTensor) -> FloatTensor:
+    """The head's retrieval feature: beam log-probs [B, C] → FloatTensor[B, C, 1].
+
+    Log-softmax of the beam scores over the user's valid candidates (the log of the beam's
+    probability renormalised over its list), so the feature means the same whatever the
+    list size or history length; 0 for missing candidates.
+    """
+    valid = valid.to(beam_scores.device)
+    s = beam_scores.float().where(valid, float("-inf"))
+    f = s.log_softmax(-1).clamp_min(-30.0)
+    return f.where(valid, 0.0).nan_to_num(0.0)[..., None]
 
 
 def history_inputs(
@@ -376,8 +430,11 @@ def rank_candidates(
         )
     if not 0.0 <= beam_weight <= 1.0:
         raise ValueError(f"beam_weight must be in [0, 1], got {beam_weight}")
-    if beam_weight > 0 and beam_scores is None:
-        raise ValueError("beam_weight > 0 needs beam_scores (the retrieval log-probabilities)")
+    if (beam_weight > 0 or head.config.score_features) and beam_scores is None:
+        raise ValueError(
+            "beam_weight > 0 and a head fed retrieval scores need beam_scores (the retrieval "
+            "log-probabilities)"
+        )
     B, C = items.shape
     k = C if top_k is None else int(top_k)
     if not 1 <= k <= C:
@@ -390,10 +447,15 @@ def rank_candidates(
     device = history_states.device
     valid = (items >= 0).to(device)
     codes = codes_table.to(items.device)[items.clamp_min(0)]  # [B, C, L]
+    features = None
+    if head.config.score_features:
+        features = beam_score_features(beam_scores.to(device), valid)
     was_training = head.training
     head.eval()
     try:
-        logits = head(history_states, history_mask, candidate_embeddings(lm, vocab, codes), extra)
+        embeds = candidate_embeddings(lm, vocab, codes)
+        kwargs = {} if features is None else {"scores": features}
+        logits = head(history_states, history_mask, embeds, extra, **kwargs)
     finally:
         head.train(was_training)
     probs = logits.float().softmax(-1).where(valid[..., None], 0.0)  # [B, C, O + 1]
@@ -534,6 +596,7 @@ def train_ranker(
     beam_outcome: str | None = None,
     weight_decay: float = 0.01,
     progress: bool = True,
+    list_oversample: int = 4,
 ) -> dict:
     """Train ``head`` on next-item examples of the train split; the LM stays frozen.
 
@@ -544,6 +607,16 @@ def train_ranker(
     beam search on the history that are not the positive (label "none"), and uniformly
     random catalogue items other than the positive (label "none"). Loss: cross-entropy over
     (outcomes + none), averaged over candidates.
+
+    A head with ``score_features`` (fed the beam log-prob) is trained on exactly what it
+    sees when serving: the beam search's own list of ``n_beam_negatives`` candidates with
+    their beam log-probs, the positive labelled with its outcome where the beam found it and
+    every other candidate "none". Lists that miss the positive teach nothing about ordering
+    and are skipped, so each step beams ``list_oversample * batch_size`` sampled examples and
+    keeps up to ``batch_size`` lists that hold the positive. The beam does not exclude the
+    history here, so the lists are the ones served with the history kept and the head also
+    learns to demote items the user has seen. Random negatives have no beam score, so this
+    mode takes ``n_random_negatives=0``.
 
     Args:
         examples: :class:`RankingExamples` or a :class:`~sid.data.LeaveOneOutSplit` (its
@@ -559,7 +632,9 @@ def train_ranker(
 
     Returns:
         dict with ``losses`` (per step), ``first_loss``/``final_loss`` (means of the first and
-        last 10% of steps), ``steps``, ``seconds``, ``examples`` (available training positions).
+        last 10% of steps), ``steps``, ``seconds``, ``examples`` (available training positions);
+        with ``score_features`` also ``list_hit_rate`` (share of beamed examples whose list
+        held the positive).
     """
     from tqdm.auto import tqdm
 
@@ -575,6 +650,15 @@ def train_ranker(
             f"negative counts must be >= 0, got n_random_negatives={n_random_negatives}, "
             f"n_beam_negatives={n_beam_negatives}"
         )
+    lists = head.config.score_features > 0
+    if lists and (n_beam_negatives < 2 or n_random_negatives):
+        raise ValueError(
+            "a head fed the beam log-prob (score_features > 0) trains on beam candidate lists: "
+            f"pass n_beam_negatives >= 2 (the list size, got {n_beam_negatives}) and "
+            f"n_random_negatives=0 (random items have no beam score, got {n_random_negatives})"
+        )
+    if list_oversample < 1:
+        raise ValueError(f"list_oversample must be >= 1, got {list_oversample}")
     data = _examples(examples)
     positions = data.targets()
     if len(positions) == 0:
@@ -615,9 +699,22 @@ def train_ranker(
     losses: list[float] = []
     t0 = time.perf_counter()
     bar = tqdm(range(steps), desc="ranker", disable=not progress)
+    beamed, hits = 0, 0
+
+    def update(loss):
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+
     try:
         for _ in bar:
-            pick = torch.randint(len(positions_t), (batch_size,), generator=gen)
+            pick = torch.randint(
+                len(positions_t), (batch_size * (list_oversample if lists else 1),), generator=gen
+            )
             pos, start = positions_t[pick], starts[pick]
             # last max_history items before pos, right-aligned, -1 on the left
             idx = pos[:, None] - max_history + torch.arange(max_history)
@@ -630,6 +727,32 @@ def train_ranker(
             ids, mask = ids.to(device), mask.to(device)
             target, target_outcome = all_items[pos], all_outcomes[pos]
 
+            if lists:
+                with torch.no_grad():
+                    # history items stay in the lists (as at serving with the history kept),
+                    # so the head also learns to demote what the user has already seen
+                    beams = beam_fn(ids, mask, None)
+                batch = _beam_list_batch(
+                    beams, target, target_outcome, n_beam_negatives, none_class
+                )
+                beamed, hits = beamed + len(pick), hits + (0 if batch is None else len(batch[0]))
+                if batch is None:  # no list held its positive: nothing to learn from
+                    continue
+                rows, cands, labels, features = batch
+                rows, cands, labels = rows[:batch_size], cands[:batch_size], labels[:batch_size]
+                with torch.no_grad():
+                    embeds = candidate_embeddings(
+                        lm, vocab, codes_table[cands.clamp_min(0)].to(device)
+                    )
+                logits = head(
+                    beams.history_states[rows.to(device)], mask[rows.to(device)], embeds,
+                    scores=features[:batch_size].to(device),
+                )  # fmt: skip
+                loss = F.cross_entropy(
+                    logits.flatten(0, 1).float(), labels.flatten().to(device), ignore_index=-100
+                )
+                update(loss)
+                continue
             with torch.no_grad():
                 cands = [target[:, None]]
                 states = None
@@ -655,27 +778,56 @@ def train_ranker(
             labels[:, 0] = target_outcome
             logits = head(states, mask, embeds)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            update(loss)
     finally:
         for p, r in zip(lm.parameters(), req, strict=True):
             p.requires_grad_(r)
         lm.train(lm_was_training)
         head.eval()
-    n = max(1, steps // 10)
-    return {
+    if not losses:
+        # the head keeps its start (the beam's own order); the LM's run is not lost over it
+        warnings.warn(
+            f"ranking head not trained: no beam list of {n_beam_negatives} candidates held its "
+            f"positive in {beamed} sampled examples (train the LM further or use longer lists); "
+            "it keeps its initial beam-log-prob ordering",
+            stacklevel=2,
+        )
+    n = max(1, len(losses) // 10)
+    stats = {
         "losses": losses,
-        "first_loss": float(np.mean(losses[:n])),
-        "final_loss": float(np.mean(losses[-n:])),
-        "steps": steps,
+        "first_loss": float(np.mean(losses[:n])) if losses else None,
+        "final_loss": float(np.mean(losses[-n:])) if losses else None,
+        "steps": len(losses),
         "seconds": time.perf_counter() - t0,
         "examples": int(len(positions)),
     }
+    if lists:
+        stats["list_hit_rate"] = hits / max(1, beamed)
+    return stats
+
+
+def _beam_list_batch(beams, target, target_outcome, size: int, none_class: int):
+    """The rows of a beam search whose list holds the positive, as a training batch.
+
+    Returns None when no row does, else (rows LongTensor[b], candidates LongTensor[b, size]
+    (-1 = no candidate), labels LongTensor[b, size] (the positive's outcome, "none" for the
+    other candidates, -100 for missing ones), features FloatTensor[b, size, 1]).
+    """
+    items = beams.items[:, :size].cpu()
+    scores = beams.scores[:, :size].float().cpu()
+    if items.shape[1] < size:
+        pad = size - items.shape[1]
+        items = F.pad(items, (0, pad), value=-1)
+        scores = F.pad(scores, (0, pad), value=float("-inf"))
+    is_pos = items == target[:, None]
+    rows = is_pos.any(1).nonzero().flatten()
+    if len(rows) == 0:
+        return None
+    items, scores, is_pos = items[rows], scores[rows], is_pos[rows]
+    valid = items >= 0
+    labels = torch.full(items.shape, none_class, dtype=torch.long)
+    labels = labels.where(~is_pos, target_outcome[rows][:, None]).where(valid, -100)
+    return rows, items, labels, beam_score_features(scores, valid)
 
 
 def _random_other(target: LongTensor, n: int, n_items: int, gen: torch.Generator) -> LongTensor:

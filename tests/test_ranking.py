@@ -369,3 +369,151 @@ def test_bad_inputs_raise_value_errors_that_name_the_value():
         rank_candidates(head, lm, vocab, sids, states, mask, torch.tensor([[1]]), beam_weight=0.5)
     with pytest.raises(ValueError, match="catalogue size 30"):
         rank_candidates(head, lm, vocab, sids, states, mask, torch.tensor([[1, 30]]))
+
+
+# ------------------------------------------------------- head fed the beam log-prob
+def test_beam_score_features_renormalise_over_the_list_and_zero_missing_candidates():
+    from sid.ranking import beam_score_features
+
+    scores = torch.tensor([[-1.0, -2.0, float("-inf")], [-30.0, -31.0, -32.0]])
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    f = beam_score_features(scores, valid)
+    assert f.shape == (2, 3, 1) and f[0, 2, 0] == 0.0
+    # log of the renormalised probability: exp sums to 1 over each list's valid candidates
+    assert torch.allclose(f[0, :2, 0].exp().sum(), torch.tensor(1.0))
+    # shift invariant: a longer history (lower raw log-probs) gives the same features
+    assert torch.allclose(f[1, :, 0], beam_score_features(scores[1:] + 29.0, valid[1:])[0, :, 0])
+    # a row without candidates gives zeros, not NaN
+    assert torch.equal(
+        beam_score_features(scores[:1], torch.zeros(1, 3, dtype=torch.bool)), torch.zeros(1, 3, 1)
+    )
+
+
+def test_head_fed_beam_scores_starts_in_beam_order_and_checks_its_inputs():
+    lm, vocab, sids = make_setup()
+    head = make_head(score_features=1, dropout=0.0)
+    ids, mask, _ = make_histories(vocab, sids, [3, 5])
+    with torch.no_grad():
+        states = encode_history(lm, ids, mask)
+    items = torch.tensor([[4, 7, 1, 9], [2, 8, 5, 3]])
+    beam = torch.tensor([[-20.0, -1.0, -10.0, -5.0], [-2.0, -30.0, -12.0, -6.0]])
+    out = rank_candidates(head, lm, vocab, sids, states, mask, items, beam_scores=beam)
+    # the skip path starts as "interaction logit = beam log-prob": untrained, the head keeps
+    # well-separated beam scores in the beam's order
+    assert out.items.tolist() == [[7, 9, 1, 4], [2, 3, 5, 8]]
+    with pytest.raises(ValueError, match="beam_scores"):
+        rank_candidates(head, lm, vocab, sids, states, mask, items)
+    emb = candidate_embeddings(lm, vocab, sids.codes[items])
+    with pytest.raises(ValueError, match="retrieval score"):
+        head(states, mask, emb)
+    with pytest.raises(ValueError, match="takes no scores"):
+        make_head()(states, mask, emb, scores=torch.zeros(2, 4, 1))
+    with pytest.raises(ValueError, match="score_features"):
+        make_head(score_features=-1)
+
+
+def test_head_fed_beam_scores_survives_save_and_load(tmp_path):
+    lm, vocab, sids = make_setup()
+    head = make_head(score_features=1)
+    head.score_proj.weight.data.normal_()
+    ids, mask, _ = make_histories(vocab, sids, [4])
+    with torch.no_grad():
+        states = encode_history(lm, ids, mask)
+    items, beam = torch.tensor([[3, 6, 9]]), torch.tensor([[-1.0, -2.0, -3.0]])
+    before = rank_candidates(head, lm, vocab, sids, states, mask, items, beam_scores=beam)
+    head.save_pretrained(tmp_path / "ranker")
+    again = RankingHead.from_pretrained(tmp_path / "ranker")
+    assert again.config.score_features == 1
+    after = rank_candidates(again, lm, vocab, sids, states, mask, items, beam_scores=beam)
+    assert torch.equal(before.final_scores, after.final_scores)
+
+
+def _taste_examples(codes, n_users=64, length=6, seed=0):
+    """Each user takes `length` distinct items of one level-0 group (their taste)."""
+    group = codes[:, 0].numpy()
+    rng = np.random.default_rng(seed)
+    big = [g for g in range(SIZES[0]) if (group == g).sum() >= length + 2]
+    users = rng.choice(big, size=n_users)
+    items = np.concatenate(
+        [rng.choice(np.flatnonzero(group == g), size=length, replace=False) for g in users]
+    )
+    return RankingExamples(
+        offsets=np.arange(0, (n_users + 1) * length, length, dtype=np.int64),
+        items=items,
+        outcomes=codes[items, -1].numpy() % 2,
+    ), big
+
+
+def test_list_training_learns_from_the_beams_own_lists_and_beats_the_beam_order():
+    lm, vocab, sids = make_setup(n_items=40)
+    codes = sids.codes
+    examples, groups = _taste_examples(codes)
+    calls = []
+
+    def beam_fn(input_ids, attention_mask, exclude_items):
+        calls.append(exclude_items)
+        return constrained_beam_search(
+            lm, vocab, sids.trie, input_ids, attention_mask, num_beams=12, outcome="like",
+            exclude_items=exclude_items, return_states=True,
+        )  # fmt: skip
+
+    head = make_head(seed=0, dropout=0.0, score_features=1)
+    stats = train_ranker(
+        head, lm, vocab, sids, examples, steps=150, batch_size=16, lr=5e-3,
+        n_random_negatives=0, n_beam_negatives=12, beam_fn=beam_fn, seed=0, progress=False,
+    )  # fmt: skip
+    # lists served with the history kept: the beam excludes nothing
+    assert calls and all(c is None for c in calls)
+    assert 0 < stats["list_hit_rate"] <= 1 and stats["steps"] == len(stats["losses"]) <= 150
+    assert stats["final_loss"] < 0.8 * stats["first_loss"]
+    # fresh users: 4 seen items of their group; the target is an unseen item of that group
+    rng = np.random.default_rng(1)
+    group = codes[:, 0].numpy()
+    beam_rr, head_rr = [], []
+    for g in np.resize(groups, 60):
+        pool = rng.choice(np.flatnonzero(group == g), size=5, replace=False)
+        hist, target = torch.from_numpy(pool[:4])[None], int(pool[4])
+        ids, mask = history_inputs(vocab, codes, hist, codes[hist, -1] % 2)
+        out = retrieve_and_rank(lm, vocab, sids, head, ids, mask, num_beams=12, outcome="like")
+        beam_items = out.retrieval.items[0].tolist()
+        if target not in beam_items:
+            continue
+        beam_rr.append(1 / (1 + beam_items.index(target)))
+        head_rr.append(1 / (1 + out.items[0].tolist().index(target)))
+    assert len(beam_rr) >= 10
+    assert np.mean(head_rr) > np.mean(beam_rr) + 0.15, (np.mean(head_rr), np.mean(beam_rr))
+
+
+def test_list_training_refuses_random_negatives_and_short_lists():
+    lm, vocab, sids = make_setup()
+    examples, _ = _taste_examples(sids.codes, n_users=4, length=3)
+    head = make_head(score_features=1)
+    with pytest.raises(ValueError, match="n_random_negatives=0"):
+        train_ranker(head, lm, vocab, sids, examples, steps=1, n_random_negatives=4,
+                     n_beam_negatives=8, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="n_beam_negatives >= 2"):
+        train_ranker(head, lm, vocab, sids, examples, steps=1, n_random_negatives=0,
+                     n_beam_negatives=1, progress=False)  # fmt: skip
+
+
+def test_list_training_without_any_hit_warns_and_keeps_the_beam_order():
+    lm, vocab, sids = make_setup()
+    examples, _ = _taste_examples(sids.codes, n_users=4, length=3)
+
+    def beam_fn(input_ids, attention_mask, exclude_items):  # lists that never hold a positive
+        out = constrained_beam_search(
+            lm, vocab, sids.trie, input_ids, attention_mask, num_beams=4, outcome="like",
+            return_states=True,
+        )  # fmt: skip
+        out.items = torch.full_like(out.items, -1)
+        return out
+
+    head = make_head(score_features=1)
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    with pytest.warns(UserWarning, match="ranking head not trained"):
+        stats = train_ranker(
+            head, lm, vocab, sids, examples, steps=2, batch_size=2, n_random_negatives=0,
+            n_beam_negatives=4, beam_fn=beam_fn, progress=False,
+        )  # fmt: skip
+    assert stats["steps"] == 0 and stats["list_hit_rate"] == 0.0
+    assert all(torch.equal(before[k], v) for k, v in head.state_dict().items())

@@ -320,3 +320,24 @@ def test_artifacts_get_the_usual_file_mode_not_tempfiles_0600(tmp_path):
     os.umask(umask)
     write_json_atomic(tmp_path / "c.json", {"a": 1})
     assert (tmp_path / "c.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_resume_of_a_dense_run_restores_its_item_table_from_the_checkpoint(dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    run = tmp_path / "dense"
+    options = dict(prefixmem=False, ranker=False, dense=True, max_steps=2, save_steps=2)
+    run_training(*pipeline_options(dataset, run, eval_steps=2, **options))
+    table = load_file(str(run / "dense" / "model.safetensors"))["items"]
+    lm = load_file(str(run / "model" / "model.safetensors"))
+    # a crash after the checkpoint: the model stage must be trained again, from checkpoint-2
+    stages = json.loads((run / "stages.json").read_text())
+    del stages["model"]
+    (run / "stages.json").write_text(json.dumps(stages))
+    shutil.rmtree(run / "dense")
+    run_training(*pipeline_options(dataset, run, eval_steps=2, resume=True, **options))
+    # the checkpoint's wrapped embedding (item table included) came back, not a fresh init
+    assert torch.equal(load_file(str(run / "dense" / "model.safetensors"))["items"], table)
+    again = load_file(str(run / "model" / "model.safetensors"))
+    assert again.keys() == lm.keys() and all(torch.equal(again[k], lm[k]) for k in lm)
+    assert SIDRecModel.from_pretrained(run).dense is not None

@@ -738,15 +738,15 @@ def train_ranker(
                 beamed, hits = beamed + len(pick), hits + (0 if batch is None else len(batch[0]))
                 if batch is None:  # no list held its positive: nothing to learn from
                     continue
-                rows, cands, labels, features = batch
-                rows, cands, labels = rows[:batch_size], cands[:batch_size], labels[:batch_size]
+                rows, cands, labels, features = (x[:batch_size] for x in batch)
+                rows = rows.to(device)
                 with torch.no_grad():
                     embeds = candidate_embeddings(
                         lm, vocab, codes_table[cands.clamp_min(0)].to(device)
                     )
                 logits = head(
-                    beams.history_states[rows.to(device)], mask[rows.to(device)], embeds,
-                    scores=features[:batch_size].to(device),
+                    beams.history_states[rows], mask[rows], embeds,
+                    scores=features.to(device),
                 )  # fmt: skip
                 loss = F.cross_entropy(
                     logits.flatten(0, 1).float(), labels.flatten().to(device), ignore_index=-100

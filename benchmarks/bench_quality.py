@@ -268,6 +268,60 @@ def score_ours(rec, dense, split, which, users, *, max_items, outcome, num_beams
     }
 
 
+def bench_ours(args, data, split, gold, protocols, show) -> None:
+    """Train our SID model with the bench flags and show its rows (both protocols)."""
+    from sid.dense import fuse_with_beam
+
+    t0 = time.perf_counter()
+    sids = build_sids(
+        data, tokenizer=args.sid_tokenizer,
+        sizes=[int(x) for x in args.codebook_sizes.split(",")], seed=args.seed,
+        policy=args.collision_policy,
+    )  # fmt: skip
+    sid_seconds = time.perf_counter() - t0
+    rec, dense, seconds = train_ours(split, sids, args, Path(args.ours_dir))
+    label = f"ours ({'item-ID emb + ' if args.dense and args.item_ids else ''}"
+    label += f"{'dense head, ' if args.dense else ''}{args.ours_epochs:g} ep)"
+    timing = {"train_seconds": round(seconds, 1), "sid_seconds": round(sid_seconds, 1)}
+    counts = np.bincount(split.train_outcomes, minlength=len(data.outcome_labels))
+    outcome = data.outcome_labels[int(counts.argmax())]
+    common = dict(max_items=args.max_items, outcome=outcome, num_beams=args.num_beams, batch=128)
+
+    weight = 0.0
+    if dense is not None:
+        # fusion weight chosen on the validation split (never on test)
+        users = np.arange(min(args.tune_users, split.num_users))
+        valid = score_ours(rec, dense, split, "valid", users, exclude=False, **common)
+        vgold = split.targets("valid")[0][users]
+        best = -1.0
+        for w in (0.0, 0.1, 0.25, 0.5, 1.0, 2.0):
+            ranked = fuse_with_beam(
+                valid["dense"], valid["items"], valid["scores"], beam_weight=w, k=20
+            )
+            nd = M.ndcg_at_k(ranked.numpy(), vgold, 10)
+            print(f"valid fusion beam_weight={w}: ndcg@10 {nd:.4f}", flush=True)
+            if nd > best:
+                best, weight = nd, w
+    for keep in protocols:
+        protocol = "history kept" if keep else "history excluded"
+        t1 = time.perf_counter()
+        res = score_ours(
+            rec, dense, split, "test", np.arange(split.num_users), exclude=not keep, **common
+        )
+        show(f"{label}: beam only, {protocol}", {**quality(res["items"].numpy(), gold), **timing})
+        if dense is not None:
+            ex = None if keep else res["history"]
+            ranked = fuse_with_beam(
+                res["dense"], res["items"], res["scores"], beam_weight=0.0, k=20, exclude=ex
+            )
+            show(f"{label}: dense only, {protocol}", quality(ranked.numpy(), gold))
+            ranked = fuse_with_beam(
+                res["dense"], res["items"], res["scores"], beam_weight=weight, k=20, exclude=ex
+            )
+            show(f"{label}: dense + beam (w={weight:g}), {protocol}", quality(ranked.numpy(), gold))
+        print(f"eval {protocol}: {time.perf_counter() - t1:.0f}s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="movielens-1m")
@@ -280,7 +334,11 @@ def main() -> None:
     parser.add_argument("--num_beams", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip_sasrec", action="store_true")
-    parser.add_argument("--skip_ours", action="store_true", help="Only the SASRec-CE rows.")
+    parser.add_argument(
+        "--skip_ours",
+        action="store_true",
+        help="Do not train ours: SASRec-CE rows and --run's rows only.",
+    )
     parser.add_argument("--ours_dir", default="runs/bench-quality-ours")
     parser.add_argument("--ours_epochs", type=float, default=1.0)
     parser.add_argument("--ours_max_steps", type=int, default=-1)
@@ -329,61 +387,10 @@ def main() -> None:
                 {**quality(ranked, gold), "train_seconds": round(seconds, 1)},
             )
 
-    if args.skip_ours:
-        return
-    t0 = time.perf_counter()
-    sids = build_sids(
-        data, tokenizer=args.sid_tokenizer,
-        sizes=[int(x) for x in args.codebook_sizes.split(",")], seed=args.seed,
-        policy=args.collision_policy,
-    )  # fmt: skip
-    sid_seconds = time.perf_counter() - t0
-    rec, dense, seconds = train_ours(split, sids, args, Path(args.ours_dir))
-    label = f"ours ({'item-ID emb + ' if args.dense and args.item_ids else ''}"
-    label += f"{'dense head, ' if args.dense else ''}{args.ours_epochs:g} ep)"
-    timing = {"train_seconds": round(seconds, 1), "sid_seconds": round(sid_seconds, 1)}
-    counts = np.bincount(split.train_outcomes, minlength=len(data.outcome_labels))
-    outcome = data.outcome_labels[int(counts.argmax())]
-    common = dict(max_items=args.max_items, outcome=outcome, num_beams=args.num_beams, batch=128)
+    if not args.skip_ours:
+        bench_ours(args, data, split, gold, protocols, show)
 
-    weight = 0.0
-    if dense is not None:
-        # fusion weight chosen on the validation split (never on test)
-        users = np.arange(min(args.tune_users, split.num_users))
-        valid = score_ours(rec, dense, split, "valid", users, exclude=False, **common)
-        vgold = split.targets("valid")[0][users]
-        best = -1.0
-        for w in (0.0, 0.1, 0.25, 0.5, 1.0, 2.0):
-            from sid.dense import fuse_with_beam
-
-            ranked = fuse_with_beam(
-                valid["dense"], valid["items"], valid["scores"], beam_weight=w, k=20
-            )
-            nd = M.ndcg_at_k(ranked.numpy(), vgold, 10)
-            print(f"valid fusion beam_weight={w}: ndcg@10 {nd:.4f}", flush=True)
-            if nd > best:
-                best, weight = nd, w
-    for keep in protocols:
-        from sid.dense import fuse_with_beam
-
-        protocol = "history kept" if keep else "history excluded"
-        t1 = time.perf_counter()
-        res = score_ours(
-            rec, dense, split, "test", np.arange(split.num_users), exclude=not keep, **common
-        )
-        show(f"{label}: beam only, {protocol}", {**quality(res["items"].numpy(), gold), **timing})
-        if dense is not None:
-            ex = None if keep else res["history"]
-            ranked = fuse_with_beam(
-                res["dense"], res["items"], res["scores"], beam_weight=0.0, k=20, exclude=ex
-            )
-            show(f"{label}: dense only, {protocol}", quality(ranked.numpy(), gold))
-            ranked = fuse_with_beam(
-                res["dense"], res["items"], res["scores"], beam_weight=weight, k=20, exclude=ex
-            )
-            show(f"{label}: dense + beam (w={weight:g}), {protocol}", quality(ranked.numpy(), gold))
-        print(f"eval {protocol}: {time.perf_counter() - t1:.0f}s", flush=True)
-
+    reports: dict[str, dict] = {}  # --run's full evaluate_run results, per protocol
     if args.run:
         from sid.evaluation import evaluate_run
 
@@ -393,8 +400,9 @@ def main() -> None:
                 args.run, num_beams=args.num_beams, top_k=args.num_beams,
                 exclude_history=not keep, write_report=False,
             )  # fmt: skip
+            reports[protocol] = res
             name = Path(args.run).name
-            for kind in ("retrieval", "retrieval+ranking", "dense", "dense+beam"):
+            for kind in ("popularity", "retrieval", "retrieval+ranking", "dense", "dense+beam"):
                 if kind in res:
                     show(f"{name} (train.py run) {kind}, {protocol}", res[kind])
     print(
@@ -405,7 +413,8 @@ def main() -> None:
     for name, values in rows.items():
         print(f"| {name} | " + " | ".join(f"{values[c]:.4f}" for c in COLUMNS) + " |")
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1))
+        payload = {**rows, "run_reports": reports} if reports else rows
+        Path(args.out).write_text(json.dumps(payload, indent=1))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ SID levels and the (few) outcomes. ``lm.generate`` and ``lm.generation_config`` 
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -78,14 +80,23 @@ def _forward(
 
 def _base_forward(lm, x: FloatTensor, mask, positions: LongTensor, cache) -> FloatTensor:
     """inputs_embeds x [N, S, H] → last hidden states [N, S, H]; mask 2D [N, C+S] or 4D."""
-    out = lm.base_model(
+    base = lm.base_model
+    out = base(
         inputs_embeds=x,
         attention_mask=mask,
         position_ids=positions,
-        past_key_values=cache,
         use_cache=cache is not None,
+        **{_cache_kwarg(type(base)): cache},
     )
     return out.last_hidden_state
+
+
+@functools.cache
+def _cache_kwarg(model_cls: type) -> str:
+    """``cache`` where the model's forward takes it (transformers >= 5.24 renamed
+    ``past_key_values``, deprecated until 5.40), else ``past_key_values``."""
+    params = inspect.signature(model_cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _level_heads(lm, vocab: SIDVocab) -> list[tuple[FloatTensor, FloatTensor | None]]:

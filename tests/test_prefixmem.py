@@ -11,6 +11,7 @@ from transformers import DynamicCache, LlamaForCausalLM
 from prefixmem import PrefixMem, PrefixMemConfig, PrefixMemEmbedding
 from prefixmem.memory import PrefixMemory
 from prefixmem.pretrain import pretrain_prefixmem
+from sid.retrieval import _cache_kwarg
 from sid.vocab import SIDVocab
 
 SIZES = [6, 5, 7]
@@ -322,7 +323,8 @@ def test_prefix_codes_step_by_step_equals_full_forward():
         cache = DynamicCache(config=model.config)
         prompt_len = history.shape[1] + 1
         x = emb(full[:, :prompt_len])
-        out = model.base_model(inputs_embeds=x, past_key_values=cache, use_cache=True)
+        kw = _cache_kwarg(type(model.base_model))  # the cache fills in place
+        out = model.base_model(inputs_embeds=x, use_cache=True, **{kw: cache})
         logits = [model.lm_head(out.last_hidden_state)]
         for level in range(len(SIZES)):
             # the beam search feeds one SID token with the codes decoded so far for this beam
@@ -330,9 +332,7 @@ def test_prefix_codes_step_by_step_equals_full_forward():
                 full[:, prompt_len + level : prompt_len + level + 1],
                 prefix_codes=target[None, : level + 1],
             )
-            out = model.base_model(
-                inputs_embeds=x, past_key_values=out.past_key_values, use_cache=True
-            )
+            out = model.base_model(inputs_embeds=x, use_cache=True, **{kw: cache})
             logits.append(model.lm_head(out.last_hidden_state))
         got = torch.cat(logits, 1)
         # prefix_codes may also stop before the fed token (levels 0..l-1 only)

@@ -214,7 +214,7 @@ PRESETS: dict[str, dict] = {
         run_dir="runs/quickstart",
     ),
     # MovieLens-1M: RQ-KMeans SIDs without a collision level, non-overlapping 100-item
-    # windows, the dense head + item-ID embeddings; 42 min on 2 CPU cores (BENCHMARKS.md).
+    # windows, the dense head + item-ID embeddings, 4 epochs: 31 min on 2 CPU cores (BENCHMARKS.md).
     "ml1m": dict(
         dataset="movielens-1m",
         sid_tokenizer="rqkmeans",
@@ -223,7 +223,7 @@ PRESETS: dict[str, dict] = {
         model="tiny",
         max_items=100,
         stride=100,
-        epochs=5.0,
+        epochs=4.0,
         batch_size=32,
         dense=True,
         eval_users=1000,

@@ -20,7 +20,7 @@ def parse(argv: list[str]):
 
     from transformers import HfArgumentParser
 
-    from sid.pipeline import ARGUMENT_CLASSES, PRESETS
+    from sid.run import ARGUMENT_CLASSES, PRESETS
 
     parser = HfArgumentParser(
         ARGUMENT_CLASSES, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -40,8 +40,12 @@ def parse(argv: list[str]):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from sid.pipeline import run_training
+    from sid.run import run_training
 
+    import logging
+
+    logging.basicConfig(format="[sid] %(message)s")
+    logging.getLogger("sid").setLevel(logging.INFO)
     args = parse(sys.argv[1:] if argv is None else argv)
     try:
         run_dir = run_training(*args)

@@ -614,19 +614,58 @@ def load_builtin(name: str, *, like_threshold: float = 4.0) -> InteractionData:
     )
 
 
-def load_dataset_spec(spec: str, **kwargs) -> InteractionData:
-    """A built-in name, or `interactions_path::items_path` with default column names."""
-    if spec in BUILTIN_DATASETS:
-        return load_builtin(spec, like_threshold=kwargs.get("like_threshold", 4.0))
-    if "::" not in spec:
+def load_data(
+    dataset: str | os.PathLike,
+    *,
+    items: str | os.PathLike | None = None,
+    user_col: str = "user_id",
+    item_col: str = "item_id",
+    items_item_col: str = "item_id",
+    time_col: str = "timestamp",
+    outcome_col: str | None = None,
+    rating_col: str | None = None,
+    text_cols: str | Sequence[str] = "text",
+    like_threshold: float = 4.0,
+    unknown_items: str = "error",
+) -> InteractionData:
+    """The one entry point for data: a built-in name (`BUILTIN_DATASETS`), or an interactions
+    file/folder plus an `items` file with the item id and text columns.
+
+    `text_cols` is a list or a comma-separated string; the texts are joined with " | ".
+    """
+    if str(dataset) in BUILTIN_DATASETS:
+        return load_builtin(str(dataset), like_threshold=like_threshold)
+    if not items:
         raise ValueError(
-            f"dataset {spec!r} is neither built in ({list(BUILTIN_DATASETS)}) nor "
-            "'INTERACTIONS_PATH::ITEMS_PATH'"
+            f"dataset {str(dataset)!r} is not built in ({', '.join(BUILTIN_DATASETS)}); "
+            "for your own data pass --items ITEMS_FILE as well"
         )
-    inter_path, items_path = spec.split("::", 1)
-    text_cols = kwargs.pop("text_cols", ("text",))
-    items = load_items(items_path, text_cols=text_cols)
-    return load_interactions(inter_path, items=items, **kwargs)
+    if isinstance(text_cols, str):
+        text_cols = [c.strip() for c in text_cols.split(",") if c.strip()]
+    item_table = load_items(items, item_col=items_item_col, text_cols=text_cols)
+    return load_interactions(
+        dataset,
+        items=item_table,
+        user_col=user_col,
+        item_col=item_col,
+        time_col=time_col,
+        outcome_col=outcome_col,
+        rating_col=rating_col,
+        like_threshold=like_threshold,
+        unknown_items=unknown_items,
+    )
+
+
+def load_split(options: dict) -> tuple[InteractionData, LeaveOneOutSplit]:
+    """`load_data` + `leave_one_out` from a flat dict of data options (train.py's `--dataset`,
+    `--items`, column names …, `--min_length`), as a run's config.json records them; keys
+    that neither function takes (e.g. `embeddings`) are ignored."""
+    import inspect
+
+    names = set(inspect.signature(load_data).parameters)
+    data = load_data(**{k: v for k, v in options.items() if k in names})
+    split_options = {k: options[k] for k in ("min_length",) if k in options}
+    return data, leave_one_out(data, **split_options)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ NDCG_KS = (5, 10, 20)
 
 def load_run_data(run_dir: Path) -> tuple[LeaveOneOutSplit, dict]:
     """Rebuild the run's data split from its config.json → (split, config)."""
-    from sid.pipeline import DataArguments, load_data
+    from sid.data import load_split
 
     config_path = run_dir / "config.json"
     if not config_path.exists():
@@ -41,13 +41,13 @@ def load_run_data(run_dir: Path) -> tuple[LeaveOneOutSplit, dict]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{config_path} is corrupt: {err}") from err
     try:
-        data_args = DataArguments(**config["data"])
+        data_options = dict(config["data"])
         int(config["model"]["max_items"])
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(
             f"{config_path} lacks the run's data or model options ({err!r}); re-run train.py"
         ) from err
-    _, split = load_data(data_args)
+    _, split = load_split(data_options)
     return split, config
 
 
@@ -71,7 +71,7 @@ def check_eval_options(
 
 def check_ranker_binding(run_dir: Path, rec: SIDRecModel) -> None:
     """Refuse a ranking head that was trained on top of another model than `rec`."""
-    from sid.pipeline import RANKER_BINDING
+    from sid.run.rundir import RANKER_BINDING
 
     binding = run_dir / "ranker" / RANKER_BINDING
     if not binding.exists():

@@ -94,7 +94,7 @@ def write_cycle_dataset(folder: Path) -> Path:
 
 def pipeline_options(dataset: Path, run_dir: Path, **extra):
     """The four argument dataclasses of a seconds-long train.py run on `write_cycle_dataset`."""
-    from sid.pipeline import arguments_from_dict
+    from sid.run import arguments_from_dict
 
     values = dict(
         dataset=str(dataset / "inter.csv"),

@@ -7,7 +7,7 @@ from sid import data as sid_data
 from sid.data import (
     leave_one_out,
     load_builtin,
-    load_dataset_spec,
+    load_data,
     load_interactions,
     load_items,
 )
@@ -111,10 +111,13 @@ def test_outcome_column_and_summary(small_files):
     assert summary["outcomes"]["save"] == pytest.approx(2 / 9, abs=1e-4)
 
 
-def test_dataset_spec_reads_a_pair_of_files(small_files):
+def test_load_data_reads_own_files_and_refuses_a_missing_items_file(small_files):
     inter, items = small_files
-    data = load_dataset_spec(f"{inter}::{items}", outcome_col="outcome")
+    data = load_data(inter, items=items, outcome_col="outcome")
     assert data.num_items == 4
+    assert data.outcome_labels == ["click", "save"]
+    with pytest.raises(ValueError, match="--items"):
+        load_data(inter)
 
 
 def test_parquet_jsonl_and_saved_dataset_folder(tmp_path, small_files):

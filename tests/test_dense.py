@@ -121,7 +121,7 @@ def test_train_py_run_with_dense_saves_loads_and_reports_dense_rows(tmp_path):
     from conftest import pipeline_options, write_cycle_dataset
 
     from sid.evaluation import evaluate_run
-    from sid.pipeline import run_training
+    from sid.run import run_training
 
     data = write_cycle_dataset(tmp_path)
     run = run_training(

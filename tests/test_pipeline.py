@@ -1,12 +1,13 @@
 """train.py → run directory → eval.py on a small custom dataset, in seconds."""
 
 import json
+import logging
 
 import pytest
 from conftest import pipeline_options, write_cycle_dataset
 
 from sid.evaluation import compare_runs, evaluate_run
-from sid.pipeline import arguments_from_dict, run_training
+from sid.run import arguments_from_dict, run_training
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,8 @@ def dataset(tmp_path_factory):
 options = pipeline_options
 
 
-def test_train_then_eval_writes_a_complete_run_and_report(dataset, tmp_path, capsys):
+def test_train_then_eval_writes_a_complete_run_and_report(dataset, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sid")
     run_dir = run_training(*options(dataset, tmp_path / "run"))
     for artifact in [
         "config.json",
@@ -33,10 +35,10 @@ def test_train_then_eval_writes_a_complete_run_and_report(dataset, tmp_path, cap
     config = json.loads((run_dir / "config.json").read_text())
     assert config["training"]["global_step"] == 4
     assert config["codebook_health"]["collision_rate_after"] == 0
-    capsys.readouterr()
+    caplog.clear()
 
     run_training(*options(dataset, tmp_path / "run"))  # a re-run reuses every stage
-    out = capsys.readouterr().out
+    out = caplog.text
     for stage in [
         "embeddings: reused",
         "semantic IDs: reused",
@@ -59,16 +61,17 @@ def test_train_then_eval_writes_a_complete_run_and_report(dataset, tmp_path, cap
     assert table.count("run (retrieval)") == 1 and "recall@10" in table
 
 
-def test_changing_the_tokenizer_retrains_only_what_depends_on_it(dataset, tmp_path, capsys):
+def test_changing_the_tokenizer_retrains_only_what_depends_on_it(dataset, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sid")
     run_training(*options(dataset, tmp_path / "run", ranker=False, prefixmem=False))
-    capsys.readouterr()
+    caplog.clear()
     with pytest.raises(ValueError, match="holds a model trained on SIDs with codebook sizes"):
         run_training(
             *options(
                 dataset, tmp_path / "run", ranker=False, prefixmem=False, codebook_sizes="15,15"
             )
         )
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "embeddings: reused" in out  # the embeddings did not depend on the tokenizer
     run_training(
         *options(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from sid.data import load_interactions, load_items
 from sid.embed import load_item_embeddings
 from sid.evaluation import evaluate_run
 from sid.model import SIDRecModel, resolve_model_source
-from sid.pipeline import run_training
+from sid.run import run_training
 
 EVAL = dict(split_name="test", num_beams=6, top_k=6, batch_size=16, write_report=False)
 
@@ -130,11 +131,12 @@ def test_config_json_is_strict_json(trained, tmp_path):
     assert strict_jsonable(np.float32(2.0)) == 2.0
 
 
-def test_resume_without_a_checkpoint_says_it_starts_from_step_0(dataset, tmp_path, capsys):
+def test_resume_without_a_checkpoint_says_it_starts_from_step_0(dataset, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sid")
     run_training(
         *pipeline_options(dataset, tmp_path / "r", prefixmem=False, ranker=False, resume=True)
     )
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "--resume: no checkpoint in" in out and "training starts from step 0" in out
 
 

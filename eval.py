@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    from sid.evaluation import compare_runs, evaluate_run
+    from sid.evaluation import evaluate_run
+    from sid.report import compare_runs
 
     try:
         if args.compare:

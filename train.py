@@ -40,9 +40,9 @@ def parse(argv: list[str]):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from sid.run import run_training
-
     import logging
+
+    from sid.run import run_training
 
     logging.basicConfig(format="[sid] %(message)s")
     logging.getLogger("sid").setLevel(logging.INFO)

@@ -13,6 +13,8 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,30 +25,50 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+@contextmanager
+def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterator[Path]:
+    """The one way this project writes an artifact: yield a temporary path beside `target`
+    (an empty folder when `directory`), and when the block finishes rename it onto `target`
+    (`replace_path`). An exception removes the temporary and leaves `target` as it was, so a
+    crash never leaves half a file or folder under the artifact's name.
+
+        with atomic_path(run / "report.md") as tmp:
+            tmp.write_text(text)
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{target.name}.tmp-"
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=target.suffix, dir=target.parent)
+        os.close(fd)
+        tmp = Path(name)
+    usual_mode(tmp)
+    try:
+        yield tmp
+        replace_path(tmp, target)
+    except BaseException:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 def save_artifact(
     directory: str | os.PathLike, config: dict[str, Any], tensors: dict[str, torch.Tensor]
 ) -> None:
-    """Write ``config.json`` + ``model.safetensors`` into ``directory`` atomically.
-
-    Everything is written into a sibling ``dir.tmp-XXXX`` and renamed into place, so a crash
-    leaves either the old artifact or the new one, never half of one.
-    """
-    target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
-    usual_mode(tmp)
-    try:
-        with open(tmp / CONFIG_NAME, "w", encoding="utf-8") as f:
-            f.write(dumps_strict(config, indent=2, sort_keys=True))
+    """Write ``config.json`` + ``model.safetensors`` into ``directory`` atomically."""
+    with atomic_path(directory, directory=True) as tmp:
+        (tmp / CONFIG_NAME).write_text(
+            dumps_strict(config, indent=2, sort_keys=True), encoding="utf-8"
+        )
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
             str(tmp / WEIGHTS_NAME),
             metadata={"format": "pt"},  # what transformers' loaders expect to find
         )
-        replace_path(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def usual_mode(path: str | os.PathLike) -> None:
@@ -136,18 +158,14 @@ def dumps_strict(obj: Any, **kwargs) -> str:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
-    """Write strict JSON to `path` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = dumps_strict(obj, indent=indent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        usual_mode(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """Write strict JSON to `path` atomically."""
+    write_text_atomic(path, dumps_strict(obj, indent=indent))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 `text` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")

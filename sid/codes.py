@@ -20,14 +20,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from sid.artifacts import check_safetensors, usual_mode
+from sid.artifacts import atomic_path, check_safetensors, write_text_atomic
 from sid.tokenizers.base import check_codebook_sizes, check_sid_capacity
 
 SEMANTIC_IDS_NAME = "semantic_ids.json"
@@ -447,22 +446,9 @@ class SemanticIDs:
         """Write `semantic_ids.json` and `codes.safetensors` into path_dir, each atomically."""
         path_dir = Path(path_dir)
         path_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f"{CODES_NAME}.tmp-", dir=path_dir)
-        os.close(fd)
-        try:
-            save_file({"codes": self.codes.cpu().contiguous()}, tmp)
-            usual_mode(tmp)
-            os.replace(tmp, path_dir / CODES_NAME)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f"{SEMANTIC_IDS_NAME}.tmp-", dir=path_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f)
-            usual_mode(tmp)
-            os.replace(tmp, path_dir / SEMANTIC_IDS_NAME)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_path(path_dir / CODES_NAME) as tmp:
+            save_file({"codes": self.codes.cpu().contiguous()}, str(tmp))
+        write_text_atomic(path_dir / SEMANTIC_IDS_NAME, json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path_dir: str | os.PathLike) -> SemanticIDs:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from sid.artifacts import PICKLE_SUFFIXES, check_safetensors
+from sid.artifacts import PICKLE_SUFFIXES, atomic_path, check_safetensors
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 _MINILM_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "minilm"}
@@ -135,9 +135,8 @@ def save_embeddings(
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     if item_ids is not None:
         meta["item_ids"] = json.dumps(list(item_ids))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({"embeddings": torch.from_numpy(np.ascontiguousarray(vectors))}, str(tmp), meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({"embeddings": torch.from_numpy(np.ascontiguousarray(vectors))}, str(tmp), meta)
 
 
 def load_item_embeddings(

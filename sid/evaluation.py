@@ -1,6 +1,6 @@
 """Evaluate a run directory: full-ranking retrieval (+ rescoring) → metrics → report.
 
-eval.py parses arguments and calls `evaluate_run` / `compare_runs`. The report is written to
+eval.py parses arguments and calls `evaluate_run` (or `sid.report.compare_runs`). The report is written to
 `RUN/report/`: `metrics.json`, `report.md` (tables that read well on GitHub) and PNG plots.
 """
 
@@ -15,16 +15,13 @@ import numpy as np
 import torch
 
 from sid import metrics as M
-from sid.artifacts import dumps_strict
 from sid.data import LeaveOneOutSplit
 from sid.model import SIDRecModel
 from sid.retrieval import constrained_beam_search, teacher_forced_level_correct
 
-RECALL_KS = (1, 5, 10, 20)
 # Share of the beam log-prob in the dense + beam fusion (sid.dense.fuse_with_beam); chosen on
 # the validation split of ML-1M by benchmarks/bench_quality.py, never on test.
 DENSE_BEAM_WEIGHT = 0.0
-NDCG_KS = (5, 10, 20)
 
 
 def load_run_data(run_dir: Path) -> tuple[LeaveOneOutSplit, dict]:
@@ -110,13 +107,6 @@ def history_batch(
         sequences.append(rec.history_tokens(items[-max_items:], outcomes[-max_items:]))
     input_ids, mask = left_pad(sequences, rec.tokenizer.pad_token_id)
     return input_ids, mask, left_pad(histories, -1)[0]
-
-
-def ranking_metrics(ranked: np.ndarray, gold: np.ndarray) -> dict[str, float]:
-    out = {f"recall@{k}": M.recall_at_k(ranked, gold, k) for k in RECALL_KS}
-    out.update({f"ndcg@{k}": M.ndcg_at_k(ranked, gold, k) for k in NDCG_KS})
-    out["mrr"] = M.mrr(ranked, gold)
-    return out
 
 
 def evaluate_run(
@@ -257,7 +247,7 @@ def evaluate_run(
         "outcome": outcome,
         "exclude_history": exclude_history,
         "beam_weight": beam_weight if ranker is not None else None,
-        "retrieval": ranking_metrics(ranked_np, gold_items),
+        "retrieval": M.ranking_metrics(ranked_np, gold_items),
     }
     tf = torch.cat(level_correct).float().mean(dim=0)
     results["per_level_accuracy"] = {
@@ -284,170 +274,20 @@ def evaluate_run(
         exclude=histories,
         num_users=len(users),
     ).numpy()
-    results["popularity"] = ranking_metrics(popular, gold_items)
+    results["popularity"] = M.ranking_metrics(popular, gold_items)
     if reranked:
-        results["retrieval+ranking"] = ranking_metrics(torch.cat(reranked).numpy(), gold_items)
+        results["retrieval+ranking"] = M.ranking_metrics(torch.cat(reranked).numpy(), gold_items)
     if dense_ranked:
-        results["dense"] = ranking_metrics(torch.cat(dense_ranked).numpy(), gold_items)
-        results["dense+beam"] = ranking_metrics(torch.cat(fused_ranked).numpy(), gold_items)
+        results["dense"] = M.ranking_metrics(torch.cat(dense_ranked).numpy(), gold_items)
+        results["dense+beam"] = M.ranking_metrics(torch.cat(fused_ranked).numpy(), gold_items)
         results["dense_beam_weight"] = dense_beam_weight
     results["codebook_health"] = config.get("codebook_health")
     results["training"] = config.get("training")
     if write_report:
+        from sid.report import write_report_files
+
         write_report_files(run_dir / "report", results)
     return results
 
 
-# --------------------------------------------------------------------------------------------
-# Report
-
-
-def _table(rows: dict[str, dict], columns: list[str]) -> str:
-    head = "| | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
-    body = "".join(
-        f"| {name} | " + " | ".join(_fmt(values.get(c)) for c in columns) + " |\n"
-        for name, values in rows.items()
-    )
-    return head + body
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
-
-
-def metric_rows(results: dict) -> dict[str, dict]:
-    rows = {"popularity": results["popularity"], "retrieval": results["retrieval"]}
-    if "retrieval+ranking" in results:
-        rows["retrieval+ranking"] = results["retrieval+ranking"]
-    for kind in ("dense", "dense+beam"):
-        if kind in results:
-            rows[kind] = results[kind]
-    return rows
-
-
-def markdown_report(results: dict) -> str:
-    columns = [f"recall@{k}" for k in RECALL_KS] + [f"ndcg@{k}" for k in NDCG_KS] + ["mrr"]
-    levels = len(results["per_level_accuracy"]["teacher_forced"])
-    acc_rows = {
-        "teacher-forced": dict(
-            zip(
-                map(str, range(levels)),
-                results["per_level_accuracy"]["teacher_forced"],
-                strict=True,
-            )
-        ),
-        f"in top-{results['top_k']} beams": dict(
-            zip(map(str, range(levels)), results["per_level_accuracy"]["beam"], strict=True)
-        ),
-    }
-    lat = results["latency"]
-    lines = [
-        f"# Evaluation of `{Path(results['run']).name}`",
-        "",
-        f"{results['split']} targets of {results['users']} users, full ranking over "
-        f"{results['catalogue']} items; beam search with {results['num_beams']} beams, "
-        f"top-{results['top_k']}, outcome `{results['outcome']}`, history items "
-        f"{'excluded' if results['exclude_history'] else 'allowed'}.",
-        "",
-        "## Ranking quality",
-        "",
-        _table(metric_rows(results), columns),
-        "## Per-level SID accuracy",
-        "",
-        "Teacher-forced: the gold code is the arg-max among the valid children of the gold "
-        "prefix. Beam: the gold prefix up to that level is among the returned beams.",
-        "",
-        _table(acc_rows, [str(i) for i in range(levels)]),
-        "## Validity and coverage",
-        "",
-        _table({"": results["validity"]}, list(results["validity"])),
-        "## Latency",
-        "",
-        f"Per batch of {lat['batch_size']} users: p50 {lat['p50_ms']:.1f} ms, p95 "
-        f"{lat['p95_ms']:.1f} ms; {lat['per_user_ms']:.2f} ms per user, "
-        f"{lat['users_per_s']:.1f} users/s.",
-        "",
-        "![per-level accuracy](per_level_accuracy.png)",
-    ]
-    if results.get("codebook_health"):
-        lines.append("![codebook utilisation](codebook_utilisation.png)")
-    return "\n".join(lines) + "\n"
-
-
-def write_report_files(report_dir: Path, results: dict) -> None:
-    report_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_text(report_dir / "metrics.json", dumps_strict(results, indent=2))
-    _atomic_text(report_dir / "report.md", markdown_report(results))
-    _plots(report_dir, results)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _plots(report_dir: Path, results: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    acc = results["per_level_accuracy"]
-    levels = np.arange(len(acc["teacher_forced"]))
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar(levels - 0.2, acc["teacher_forced"], width=0.4, label="teacher-forced")
-    ax.bar(levels + 0.2, acc["beam"], width=0.4, label=f"in top-{results['top_k']} beams")
-    ax.set_xticks(levels, [f"level {i}" for i in levels])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
-    ax.legend()
-    ax.set_title("Per-level SID accuracy")
-    fig.tight_layout()
-    _save_png(fig, report_dir / "per_level_accuracy.png")
-    plt.close(fig)
-    health = results.get("codebook_health") or {}
-    util = [level["utilisation"] for level in health.get("levels", [])]
-    if util:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.bar(np.arange(len(util)), util)
-        ax.set_xticks(np.arange(len(util)), [f"level {i}" for i in range(len(util))])
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("share of codes used")
-        ax.set_title("Codebook utilisation")
-        fig.tight_layout()
-        _save_png(fig, report_dir / "codebook_utilisation.png")
-        plt.close(fig)
-
-
-def _save_png(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-
-
-def compare_runs(run_dirs: list[str | os.PathLike]) -> str:
-    """A Markdown table of the saved metrics of several runs, side by side."""
-    rows = {}
-    for run in run_dirs:
-        path = Path(run) / "report" / "metrics.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: run `python eval.py {run}` first")
-        results = json.loads(path.read_text())
-        name = Path(run).name
-        for kind, values in metric_rows(results).items():
-            if kind == "popularity" and len(rows) > 0:
-                continue
-            rows[f"{name} ({kind})"] = values
-        tf = results["per_level_accuracy"]["teacher_forced"]
-        rows[f"{name} ({'retrieval'})"].update({f"tf acc L{i}": v for i, v in enumerate(tf)})
-    columns = ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr"]
-    extra = sorted({c for r in rows.values() for c in r if c.startswith("tf acc")})
-    return _table(rows, columns + extra)
-
-
-__all__ = ["compare_runs", "evaluate_run", "markdown_report"]
+__all__ = ["evaluate_run"]

@@ -13,6 +13,18 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+# the cut-offs every report and benchmark shows
+RECALL_KS = (1, 5, 10, 20)
+NDCG_KS = (5, 10, 20)
+
+
+def ranking_metrics(ranked, gold) -> dict[str, float]:
+    """Recall@RECALL_KS, NDCG@NDCG_KS and MRR of rankings ranked [B, K] for gold [B]."""
+    out = {f"recall@{k}": recall_at_k(ranked, gold, k) for k in RECALL_KS}
+    out.update({f"ndcg@{k}": ndcg_at_k(ranked, gold, k) for k in NDCG_KS})
+    out["mrr"] = mrr(ranked, gold)
+    return out
+
 
 def _long(x) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).long()
@@ -48,6 +60,16 @@ def recall_at_k(ranked, gold, k: int | None = None) -> float:
     """Share of users whose gold item is in the top ``k``. ranked [B, K], gold [B]."""
     rank = gold_rank(ranked, gold, k=k)
     return float((rank >= 0).float().mean()) if len(rank) else 0.0
+
+
+def recall_curve(ranked, gold, max_k: int | None = None) -> list[float]:
+    """Recall@k for k = 1 … min(max_k, K): one pass over the gold ranks. ranked [B, K], gold [B]."""
+    rank = gold_rank(ranked, gold)
+    K = _check_k(max_k, int(_long(ranked).shape[1]))
+    if len(rank) == 0:
+        return [0.0] * K
+    hits = torch.bincount(rank[rank >= 0], minlength=K)[:K].cumsum(0)
+    return [round(float(h) / len(rank), 6) for h in hits]
 
 
 def ndcg_at_k(ranked, gold, k: int | None = None) -> float:
@@ -230,3 +252,43 @@ def _pad_to(x: torch.Tensor, k: int) -> torch.Tensor:
     if missing <= 0:
         return x
     return torch.nn.functional.pad(x, (0, missing), value=-1)
+
+
+def codebook_usage(codes, codebook_sizes: Sequence[int]) -> list[list[int]]:
+    """Items per code at each SID level: ``[L][size]`` counts (codes [N, L]). Levels past
+    ``codebook_sizes`` (the collision level) get as many entries as their largest code + 1."""
+    codes = _long(codes)
+    out = []
+    for level in range(codes.shape[1]):
+        size = int(codebook_sizes[level]) if level < len(codebook_sizes) else 0
+        out.append(torch.bincount(codes[:, level], minlength=size).tolist())
+    return out
+
+
+def popularity_level_accuracy(train_codes, gold_codes) -> list[float]:
+    """Teacher-forced per-level accuracy of the popularity guess: at level l, given the gold
+    prefix, guess the child code that is most frequent among training interactions under that
+    prefix (ties to the lower code). train_codes [n, L] (one row per train interaction),
+    gold_codes [B, L]. The baseline a learned level must beat; the first level is the most
+    popular first code overall."""
+    train, gold = _long(train_codes), _long(gold_codes)
+    if train.shape[1] != gold.shape[1]:
+        raise ValueError(f"train_codes has {train.shape[1]} levels, gold_codes {gold.shape[1]}")
+    out = []
+    for level in range(gold.shape[1]):
+        # one id per (prefix, code) pair; most frequent code per prefix by sorting counts
+        keys = torch.cat([train[:, : level + 1], gold[:, : level + 1]])
+        if level:
+            inv = torch.unique(keys[:, :level], dim=0, return_inverse=True)[1]
+        else:
+            inv = torch.zeros(len(keys), dtype=torch.long)
+        prefix_train, prefix_gold = inv[: len(train)], inv[len(train) :]
+        code_train = train[:, level]
+        width = int(keys[:, level].max()) + 1
+        pair = prefix_train * width + code_train
+        counts = torch.bincount(pair, minlength=(int(inv.max()) + 1) * width).view(-1, width)
+        best = counts.argmax(dim=1)  # first maximum: ties go to the lower code
+        seen = counts.sum(dim=1) > 0
+        guess = torch.where(seen[prefix_gold], best[prefix_gold], -1)
+        out.append(round(float((guess == gold[:, level]).float().mean()), 6) if len(gold) else 0.0)
+    return out

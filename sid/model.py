@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from torch import LongTensor
 
-from sid.artifacts import replace_path
+from sid.artifacts import atomic_path
 from sid.codes import SemanticIDs
 from sid.vocab import SIDVocab
 
@@ -96,12 +95,9 @@ def smollm2_path() -> Path:
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(quantized.state_dict())
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    with atomic_path(target, directory=True) as tmp:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return target
 
 
@@ -308,30 +304,28 @@ class SIDRecModel:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.sids.save(run_dir)
-        tmp = run_dir / f".model.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        if self.dense is not None:
-            self.dense.detach(self.lm)  # wraps PrefixMem's wrapper, so it comes off first
-        if self.prefixmem is not None:
-            self.prefixmem.detach(self.lm)  # the LM is saved plain; PrefixMem on its own
-        try:
-            self.lm.save_pretrained(tmp)
-        finally:
-            if self.prefixmem is not None:
-                self.prefixmem.attach(self.lm, self.vocab)
+        with atomic_path(run_dir / "model", directory=True) as tmp:
             if self.dense is not None:
-                self.dense.attach(self.lm, self.vocab, self.sids)
-        self.tokenizer.save_pretrained(tmp)
-        binding = {
-            "semantic_ids_fingerprint": self.sids.fingerprint(),
-            "model_fingerprint": fingerprint or uuid.uuid4().hex[:16],
-            "prefixmem": self.prefixmem is not None,
-            "dense": self.dense is not None,
-        }
-        (tmp / "sid_vocab.json").write_text(
-            json.dumps({**self.vocab.to_dict(), **binding}, indent=1), encoding="utf-8"
-        )
-        replace_path(tmp, run_dir / "model")
+                self.dense.detach(self.lm)  # wraps PrefixMem's wrapper, so it comes off first
+            if self.prefixmem is not None:
+                self.prefixmem.detach(self.lm)  # the LM is saved plain; PrefixMem on its own
+            try:
+                self.lm.save_pretrained(tmp)
+            finally:
+                if self.prefixmem is not None:
+                    self.prefixmem.attach(self.lm, self.vocab)
+                if self.dense is not None:
+                    self.dense.attach(self.lm, self.vocab, self.sids)
+            self.tokenizer.save_pretrained(tmp)
+            binding = {
+                "semantic_ids_fingerprint": self.sids.fingerprint(),
+                "model_fingerprint": fingerprint or uuid.uuid4().hex[:16],
+                "prefixmem": self.prefixmem is not None,
+                "dense": self.dense is not None,
+            }
+            (tmp / "sid_vocab.json").write_text(
+                json.dumps({**self.vocab.to_dict(), **binding}, indent=1), encoding="utf-8"
+            )
         if self.prefixmem is not None:
             self.prefixmem.save_pretrained(run_dir / "prefixmem")
         if self.dense is not None:

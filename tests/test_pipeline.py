@@ -6,7 +6,8 @@ import logging
 import pytest
 from conftest import pipeline_options, write_cycle_dataset
 
-from sid.evaluation import compare_runs, evaluate_run
+from sid.evaluation import evaluate_run
+from sid.report import compare_runs
 from sid.run import arguments_from_dict, run_training
 
 

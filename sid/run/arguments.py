@@ -234,7 +234,6 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
-
 # --------------------------------------------------------------------------------------------
 # Checks that run before any long work
 

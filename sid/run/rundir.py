@@ -108,4 +108,3 @@ def _remove(path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-

@@ -37,6 +37,7 @@ from sid.run.rundir import RANKER_BINDING, RunDir, fingerprint
 
 logger = logging.getLogger(__name__)
 
+
 def embeddings_stage(
     run: RunDir, data: InteractionData, args: DataArguments
 ) -> tuple[np.ndarray, str]:
@@ -164,7 +165,9 @@ def prefixmem_stage(
         logger.info(f"PrefixMem: pre-trained: {dumps_strict(metrics)}")
     pm.save_pretrained(run.staging / "prefixmem_init")
     run.mark("prefixmem", key)
-    logger.info(f"PrefixMem: {pm.num_parameters():,} parameters, attached to the LM's input embeddings")
+    logger.info(
+        f"PrefixMem: {pm.num_parameters():,} parameters, attached to the LM's input embeddings"
+    )
     return pm, key
 
 
@@ -407,7 +410,6 @@ def run_training(
     return run.path
 
 
-
 CAPACITY_WARN_FACTOR = 4
 
 
@@ -438,7 +440,6 @@ def check_codebook_capacity(sizes: list[int], n_items: int, sargs: SIDArguments)
             UserWarning,
             stacklevel=2,
         )
-
 
 
 def ranker_stage(
@@ -496,5 +497,3 @@ def ranker_stage(
     summary = {k: v for k, v in stats.items() if k != "losses"}
     logger.info(f"ranking head trained: {dumps_strict(summary)}")
     return summary
-
-

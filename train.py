@@ -1,37 +1,39 @@
-"""Train a generative recommender: data → embeddings → SID tokenizer → (PrefixMem) → LM → run dir.
+r"""Train a generative recommender: data → embeddings → SID tokenizer → (PrefixMem) → LM → run dir.
 
     python train.py --preset quickstart
     python train.py --dataset movielens-1m --model smollm2-135m --run_dir runs/ml1m-smollm2
+    python train.py --dataset inter.csv --items items.csv --user_col user --item_col item \
+        --time_col ts --text_cols title,genres --run_dir runs/mine
     accelerate launch train.py --preset ml1m          # several GPUs/processes, same code
 
-Every option: python train.py --help
+Own data: the interactions file needs the columns named by --user_col, --item_col and
+--time_col (defaults below); the items file --items_item_col and --text_cols. A preset sets
+defaults; flags given beside it still win, and `--preset NAME --help` shows its values.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _preset_name(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--preset":
+            return argv[i + 1] if i + 1 < len(argv) else None
+        if arg.startswith("--preset="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def parse(argv: list[str]):
-    import argparse
+    from sid.run.arguments import ARGUMENT_CLASSES, PRESETS, make_parser
 
-    from transformers import HfArgumentParser
-
-    from sid.run import ARGUMENT_CLASSES, PRESETS
-
-    parser = HfArgumentParser(
-        ARGUMENT_CLASSES, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    preset = None
-    if "--preset" in argv:
-        preset = (
-            argv[argv.index("--preset") + 1] if argv.index("--preset") + 1 < len(argv) else None
-        )
-    elif any(a.startswith("--preset=") for a in argv):
-        preset = next(a.split("=", 1)[1] for a in argv if a.startswith("--preset="))
+    parser = make_parser(ARGUMENT_CLASSES, description=__doc__)
+    preset = _preset_name(argv)
     if preset is not None:
         if preset not in PRESETS:
             parser.error(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -40,13 +42,12 @@ def parse(argv: list[str]):
 
 
 def main(argv: list[str] | None = None) -> None:
-    import logging
-
-    from sid.run import run_training
-
     logging.basicConfig(format="[sid] %(message)s")
     logging.getLogger("sid").setLevel(logging.INFO)
     args = parse(sys.argv[1:] if argv is None else argv)
+
+    from sid.run.stages import run_training
+
     try:
         run_dir = run_training(*args)
     except (ValueError, FileNotFoundError) as err:

@@ -48,10 +48,10 @@ class PrefixMemConfig:
 
     codebook_sizes: list[int] = field(default_factory=list)
     hidden_size: int = 256
-    head_dim: int = 32
+    head_dim: int = 16
     num_heads: int = 2
     max_order: int | None = None
-    table_size: int = 65_536
+    table_size: int = 16_384
     norm: str = "rms"
     gate: str = "scalar"
     gate_init: float = 0.0

@@ -7,13 +7,44 @@ Every default lives here or in the library function the option is passed to (see
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import inspect
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 import torch
+from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
 
-from sid.data import BUILTIN_DATASETS
+from prefixmem.memory import PrefixMemConfig
+from sid.codes import SemanticIDs
+from sid.data import BUILTIN_DATASETS, leave_one_out, load_data
+from sid.embed import embed_texts
+from sid.evaluation import evaluate_run
+from sid.ranking_training import train_ranker
+from sid.tokenizers.rqvae import RQVAE
+from sid.training import make_trainer
+
+
+def library_default(owner, name: str):
+    """The default of parameter `name` of function or class `owner` (or of a dataclass field):
+    an option passed straight to the library takes its default from there, so that each
+    default lives in one place."""
+    if dataclasses.is_dataclass(owner):
+        for f in fields(owner):
+            if f.name == name:
+                if f.default is not dataclasses.MISSING:
+                    return f.default
+                break
+        raise KeyError(f"{owner.__name__}.{name} has no plain default")
+    default = inspect.signature(owner).parameters[name].default
+    if default is inspect.Parameter.empty:
+        raise KeyError(f"{owner.__qualname__}({name}=...) has no default")
+    return default
+
 
 # --------------------------------------------------------------------------------------------
 # Arguments (parsed by HfArgumentParser in train.py; every field's help is shown by --help)
@@ -31,10 +62,22 @@ class DataArguments:
     items: str | None = field(
         default=None, metadata={"help": "Items file with item ids and text (custom datasets)."}
     )
-    user_col: str = field(default="user_id", metadata={"help": "Interactions: user id column."})
-    item_col: str = field(default="item_id", metadata={"help": "Interactions: item id column."})
-    items_item_col: str = field(default="item_id", metadata={"help": "Items: item id column."})
-    time_col: str = field(default="timestamp", metadata={"help": "Interactions: time column."})
+    user_col: str = field(
+        default=library_default(load_data, "user_col"),
+        metadata={"help": "Interactions: user id column."},
+    )
+    item_col: str = field(
+        default=library_default(load_data, "item_col"),
+        metadata={"help": "Interactions: item id column."},
+    )
+    items_item_col: str = field(
+        default=library_default(load_data, "items_item_col"),
+        metadata={"help": "Items: item id column."},
+    )
+    time_col: str = field(
+        default=library_default(load_data, "time_col"),
+        metadata={"help": "Interactions: time column."},
+    )
     outcome_col: str | None = field(
         default=None, metadata={"help": "Interactions: outcome label column (click/save/…)."}
     )
@@ -43,22 +86,27 @@ class DataArguments:
         metadata={"help": "Interactions: rating column; outcome = like if >= --like_threshold."},
     )
     text_cols: str = field(
-        default="text", metadata={"help": "Items: comma-separated text columns, joined by ' | '."}
+        default=library_default(load_data, "text_cols"),
+        metadata={"help": "Items: comma-separated text columns, joined by ' | '."},
     )
-    like_threshold: float = field(default=4.0, metadata={"help": "Rating >= this is 'like'."})
+    like_threshold: float = field(
+        default=library_default(load_data, "like_threshold"),
+        metadata={"help": "Rating >= this is 'like'."},
+    )
     unknown_items: str = field(
-        default="error",
+        default=library_default(load_data, "unknown_items"),
         metadata={"help": "Interactions naming items absent from the items file: error | drop."},
     )
     min_length: int = field(
-        default=3, metadata={"help": "Users with fewer interactions are dropped (>= 3)."}
+        default=library_default(leave_one_out, "min_length"),
+        metadata={"help": "Users with fewer interactions are dropped (>= 3)."},
     )
     embeddings: str | None = field(
         default=None,
         metadata={"help": "Precomputed item embeddings (.npy/.safetensors/.parquet) to use."},
     )
     embedding_model: str = field(
-        default="all-MiniLM-L6-v2",
+        default=library_default(embed_texts, "model"),
         metadata={"help": "Sentence encoder: the offline MiniLM alias, a folder or a hub id."},
     )
 
@@ -67,12 +115,19 @@ class DataArguments:
 class SIDArguments:
     sid_tokenizer: str = field(default="rqvae", metadata={"help": "rqvae | rqkmeans."})
     codebook_sizes: str = field(
-        default="256,256,256", metadata={"help": "Codes per level, comma-separated."}
+        default="auto",
+        metadata={
+            "help": "Codes per level, comma-separated (e.g. 256,256,256), or auto: three levels "
+            "of the largest power of two <= min(256, items / 2)."
+        },
     )
     collision_policy: str = field(
-        default="suffix", metadata={"help": "suffix (extra level) | reassign (nearest free code)."}
+        default=library_default(SemanticIDs.from_codes, "policy"),
+        metadata={"help": "suffix (extra level) | reassign (nearest free code)."},
     )
-    sid_epochs: int = field(default=150, metadata={"help": "RQ-VAE training epochs."})
+    sid_epochs: int = field(
+        default=library_default(RQVAE, "epochs"), metadata={"help": "RQ-VAE training epochs."}
+    )
 
 
 @dataclass
@@ -105,18 +160,26 @@ class ModelArguments:
     )
     prefixmem_steps: int = field(default=300, metadata={"help": "PrefixMem pre-training steps."})
     prefixmem_table_size: int = field(
-        default=16_384, metadata={"help": "PrefixMem: largest directly indexed / hashed table."}
+        default=library_default(PrefixMemConfig, "table_size"),
+        metadata={"help": "PrefixMem: largest directly indexed / hashed table."},
     )
-    prefixmem_head_dim: int = field(default=16, metadata={"help": "PrefixMem: width of a row."})
+    prefixmem_head_dim: int = field(
+        default=library_default(PrefixMemConfig, "head_dim"),
+        metadata={"help": "PrefixMem: width of a row."},
+    )
     ranker: bool = field(
         default=False, metadata={"help": "Train the cross-attention ranking head after the LM."}
     )
-    ranker_steps: int = field(default=300, metadata={"help": "Ranking head training steps."})
+    ranker_steps: int = field(
+        default=library_default(train_ranker, "steps"),
+        metadata={"help": "Ranking head training steps."},
+    )
     ranker_beam_negatives: int = field(
-        default=16, metadata={"help": "Ranking head: beam-search negatives per example."}
+        default=library_default(train_ranker, "n_beam_negatives"),
+        metadata={"help": "Ranking head: beam-search negatives per example."},
     )
     ranker_random_negatives: int = field(
-        default=4,
+        default=library_default(train_ranker, "n_random_negatives"),
         metadata={"help": "Ranking head: random catalogue negatives (with --ranker_features 0)."},
     )
     ranker_features: bool = field(
@@ -134,7 +197,8 @@ class ModelArguments:
         },
     )
     dense_weight: float = field(
-        default=1.0, metadata={"help": "Weight of the dense head's loss beside the LM loss."}
+        default=library_default(make_trainer, "dense_weight"),
+        metadata={"help": "Weight of the dense head's loss beside the LM loss."},
     )
 
 
@@ -170,6 +234,96 @@ class RunArguments:
 
 
 ARGUMENT_CLASSES = (DataArguments, SIDArguments, ModelArguments, RunArguments)
+
+
+@dataclass
+class EvalArguments:
+    """eval.py's options; the defaults are `sid.evaluation.evaluate_run`'s."""
+
+    run_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Run directory written by train.py (may be given as the first argument)."
+        },
+    )
+    split: Literal["test", "valid"] = field(
+        default=library_default(evaluate_run, "split_name"),
+        metadata={"help": "Targets: test (each user's last item) or valid (second to last)."},
+    )
+    num_beams: int = field(
+        default=library_default(evaluate_run, "num_beams"), metadata={"help": "Beams per user."}
+    )
+    top_k: int = field(
+        default=library_default(evaluate_run, "top_k"), metadata={"help": "Candidates per user."}
+    )
+    batch_size: int = field(
+        default=library_default(evaluate_run, "batch_size"), metadata={"help": "Users per batch."}
+    )
+    outcome: str | None = field(
+        default=library_default(evaluate_run, "outcome"),
+        metadata={"help": "Outcome to condition on (None: the most frequent train outcome)."},
+    )
+    keep_history: bool = field(
+        default=not library_default(evaluate_run, "exclude_history"),
+        metadata={
+            "help": "Keep items already in the user's history as candidates (the headline "
+            "protocol excludes them)."
+        },
+    )
+    max_users: int | None = field(
+        default=library_default(evaluate_run, "max_users"),
+        metadata={"help": "Evaluate only the first N users (None: all)."},
+    )
+    rerank: bool = field(
+        default=library_default(evaluate_run, "rerank"),
+        metadata={"help": "Rescore the beam's candidates with the ranking head, if trained."},
+    )
+    beam_weight: float = field(
+        default=library_default(evaluate_run, "beam_weight"),
+        metadata={
+            "help": "Share of the (renormalised) beam probability in the ranked score, 0..1."
+        },
+    )
+    dense_beam_weight: float = field(
+        default=library_default(evaluate_run, "dense_beam_weight"),
+        metadata={"help": "Runs with a dense head: share of the beam log-prob in dense + beam."},
+    )
+    device: str | None = field(
+        default=library_default(evaluate_run, "device"),
+        metadata={"help": "cpu, cuda, cuda:1 … (None: cpu)."},
+    )
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave as is)."})
+    compare: list[str] | None = field(
+        default=None,
+        metadata={"help": "Put the saved reports of these run directories side by side."},
+    )
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default and keeps the description's line breaks."""
+
+    def _get_help_string(self, action):
+        if (action.help or "").startswith("Same as --"):
+            return action.help  # the --no_X twin of a boolean: its "default" would mislead
+        return super()._get_help_string(action)
+
+
+def make_parser(dataclass_types, description: str | None = None) -> HfArgumentParser:
+    """`HfArgumentParser` over `dataclass_types` whose --help shows each default and reads
+    booleans as `--flag True|False` (a bare `--flag` means True; `--no_flag` for a flag that
+    defaults to True)."""
+    parser = HfArgumentParser(
+        dataclass_types, description=description, formatter_class=_HelpFormatter
+    )
+    for action in parser._actions:
+        if action.type is string_to_bool:
+            action.metavar = "True|False"
+        elif action.option_strings and all(
+            o.startswith(("--no_", "--no-")) for o in action.option_strings
+        ):
+            action.help = f"Same as --{action.dest} False."
+    return parser
+
 
 PRESETS: dict[str, dict] = {
     # MovieLens-100K + MiniLM + RQ-VAE + tiny model: the README's quick start, minutes on CPU.
@@ -224,13 +378,27 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def parse_sizes(text: str) -> list[int]:
+AUTO_LEVELS, AUTO_MAX_SIZE = 3, 256
+
+
+def parse_sizes(text: str, *, num_items: int | None = None) -> list[int]:
+    """`--codebook_sizes` → codes per level. "auto" (needs `num_items`): three levels of the
+    largest power of two <= min(256, num_items / 2), so every level has items to spare for
+    k-means and small catalogues get small codebooks."""
+    if str(text).strip() == "auto":
+        if num_items is None:
+            return [AUTO_MAX_SIZE] * AUTO_LEVELS  # the size a large catalogue gets
+        size = 2 ** max(1, int(math.log2(max(4, min(AUTO_MAX_SIZE, num_items // 2)))))
+        return [size] * AUTO_LEVELS
     try:
         sizes = [int(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"codebook sizes must be comma-separated integers, got {text!r}") from None
+        raise ValueError(
+            f"--codebook_sizes must be comma-separated integers (e.g. 256,256,256) or auto, "
+            f"got {text!r}"
+        ) from None
     if not sizes:
-        raise ValueError("codebook sizes are empty")
+        raise ValueError("--codebook_sizes is empty; pass e.g. 256,256,256 or auto")
     return sizes
 
 

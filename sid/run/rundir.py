@@ -7,12 +7,15 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 
 from sid.artifacts import replace_path, write_json_atomic
 
 # which model a ranking head was trained on: eval refuses a head that belongs to another model
 RANKER_BINDING = "trained_for.json"
+# held (flock) by the train.py writing the run; the OS drops it when that process ends
+LOCK_NAME = ".lock"
 
 # --------------------------------------------------------------------------------------------
 # Run directory bookkeeping
@@ -53,9 +56,47 @@ class RunDir:
                 ) from err
             if not isinstance(self.stages, dict):
                 raise ValueError(f"{self._stages_file} is not a JSON object; delete it")
+        self._lock_file = None
+        self._lock()
         self.staging = self.path / f".staging-rank{os.environ.get('RANK', '0')}"
         shutil.rmtree(self.staging, ignore_errors=True)  # left by a crashed run
         self.staging.mkdir()
+
+    def _lock(self) -> None:
+        """Refuse a second train.py writing the same run directory.
+
+        The main process takes an exclusive `flock` on `RUN/.lock` for the lifetime of the
+        run (other ranks of a multi-process run write only their own staging folder). The lock
+        belongs to the process, so a crashed run never leaves a stale lock behind.
+        """
+        if os.environ.get("RANK", "0") != "0":
+            return
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no advisory locks to take
+            return
+        handle = open(self.path / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 (held open)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ValueError(
+                f"run directory {self.path} is being written by another train.py ({holder}); "
+                "wait for it to finish or pass another --run_dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._lock_file = handle
+
+    def close(self) -> None:
+        """Release the run directory's lock (idempotent)."""
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the descriptor drops the flock
+            self._lock_file = None
 
     def fresh(self, stage: str, key: str, artifact: str) -> bool:
         """True when the committed `artifact` was built by inputs with fingerprint `key`."""

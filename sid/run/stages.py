@@ -25,6 +25,7 @@ import torch
 from sid.artifacts import dumps_strict, write_json_atomic
 from sid.data import InteractionData, LeaveOneOutSplit, format_summary, load_split
 from sid.embed import check_embeddings, embed_texts, load_item_embeddings, save_embeddings
+from sid.report import mark_report_stale
 from sid.run.arguments import (
     DataArguments,
     ModelArguments,
@@ -73,7 +74,7 @@ def sid_stage(
     from sid.codes import SemanticIDs, codebook_health
     from sid.tokenizers import build_sid_tokenizer, load_sid_tokenizer
 
-    sizes = parse_sizes(args.codebook_sizes)
+    sizes = parse_sizes(args.codebook_sizes, num_items=data.num_items)
     options = {"kind": args.sid_tokenizer, "codebook_sizes": sizes, "seed": seed}
     if args.sid_tokenizer == "rqvae":
         options["epochs"] = args.sid_epochs
@@ -322,7 +323,12 @@ def model_stage(
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - start
-    metrics = trainer.evaluate()
+    history = trainer.state.log_history
+    last = history[-1] if history else {}
+    if "eval_loss" in last and last.get("step") == trainer.state.global_step:
+        metrics = {k: v for k, v in last.items() if k.startswith("eval_")}  # already validated
+    else:
+        metrics = trainer.evaluate()
     # Throughput of training proper: the validation passes inside train() are taken out.
     eval_seconds = sum(h.get("eval_runtime", 0.0) for h in trainer.state.log_history)
     tokens_seen = tokens_per_epoch(train) * float(trainer.state.epoch or 0.0)
@@ -334,6 +340,12 @@ def model_stage(
         "train_seconds": round(seconds, 1),
         "train_tokens_per_second": round(tokens_seen / max(1e-9, seconds - eval_seconds), 1),
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        # the loss curve for the report: one entry per logging / validation step
+        "log_history": [
+            {k: h[k] for k in ("step", "epoch", "loss", "eval_loss") if k in h}
+            for h in trainer.state.log_history
+            if "loss" in h or "eval_loss" in h
+        ],
     }
     if trainer.is_world_process_zero():
         rec.lm.eval()
@@ -361,7 +373,12 @@ def run_training(
     torch.manual_seed(rargs.seed)
     start = time.perf_counter()
     data, split = load_split(asdict(dargs))
-    check_codebook_capacity(parse_sizes(sargs.codebook_sizes), data.num_items, sargs)
+    sizes = parse_sizes(sargs.codebook_sizes, num_items=data.num_items)
+    if sargs.codebook_sizes == "auto":
+        logger.info(
+            f"--codebook_sizes auto: {','.join(map(str, sizes))} for {data.num_items:,} items"
+        )
+    check_codebook_capacity(sizes, data.num_items, sargs)
     run = RunDir(rargs.run_dir)
     try:
         logger.info(f"data {data.name}:\n{format_summary({**data.summary(), **split.summary()})}")
@@ -403,9 +420,20 @@ def run_training(
                 n for n in ("prefixmem", "dense", "ranker") if not (run.staging / n).exists()
             )
         run.commit(remove=remove)
+        if new_model and mark_report_stale(
+            run.path,
+            f"The model in ../model was retrained after this report was written; run "
+            f"`python eval.py {run.path}` to replace it.",
+        ):
+            logger.warning(
+                f"{run.path / 'report'} describes the previous model and is now marked stale; "
+                f"re-run `python eval.py {run.path}`"
+            )
     except BaseException:
         run.discard()
         raise
+    finally:
+        run.close()
     logger.info(f"done in {time.perf_counter() - start:.0f}s; run directory: {run.path}")
     return run.path
 
@@ -431,6 +459,13 @@ def check_codebook_capacity(sizes: list[int], n_items: int, sargs: SIDArguments)
             f"catalogue of {n_items:,} items: far too small to tell items apart. Use larger "
             f"codebooks or another level (e.g. --codebook_sizes {','.join([str(size)] * len(sizes))})"
         )
+    if max(sizes) > n_items:
+        fitting = ",".join(str(min(s, n_items)) for s in sizes)
+        raise ValueError(
+            f"--codebook_sizes {sargs.codebook_sizes}: a level cannot have more codes than the "
+            f"catalogue has items ({n_items:,}); pass e.g. --codebook_sizes {fitting}, or "
+            "--codebook_sizes auto to size the levels from the catalogue"
+        )
     check_enough_items(n_items, sizes)
     if capacity < CAPACITY_WARN_FACTOR * n_items:
         warnings.warn(
@@ -451,7 +486,8 @@ def ranker_stage(
     rargs: RunArguments,
 ) -> dict | None:
     """Train the cross-attention ranking head on train-split data with the LM frozen."""
-    from sid.ranking import RankingHead, RankingHeadConfig, train_ranker
+    from sid.ranking import RankingHead, RankingHeadConfig
+    from sid.ranking_training import train_ranker
 
     key = fingerprint(
         "ranker",

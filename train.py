@@ -44,6 +44,9 @@ def parse(argv: list[str]):
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="[sid] %(message)s")
     logging.getLogger("sid").setLevel(logging.INFO)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-file save/load bars; the stages keep their own
     args = parse(sys.argv[1:] if argv is None else argv)
 
     from sid.run.stages import run_training

@@ -288,7 +288,7 @@ def make_trainer(
         if eval_columns
         else None
     )
-    return trainer_cls(
+    trainer = trainer_cls(
         model=lm,
         args=args,
         train_dataset=train,
@@ -297,6 +297,24 @@ def make_trainer(
         compute_metrics=next_sid_accuracy if evaluation is not None else None,
         preprocess_logits_for_metrics=argmax_predictions,
     )
+    from transformers.trainer_callback import ProgressCallback
+
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_single_bar_progress())
+    return trainer
+
+
+def _single_bar_progress():
+    """Trainer's progress display with one bar: validation inside training gets no nested bar
+    (in a saved log a nested bar leaves cursor-up debris), its metrics still print as a line."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class SingleBarProgress(ProgressCallback):
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+            if self.training_bar is None:  # a validation on its own keeps its bar
+                super().on_prediction_step(args, state, control, eval_dataloader, **kwargs)
+
+    return SingleBarProgress()
 
 
 def steps_for(n_examples: int, *, batch_size: int, grad_accum: int, epochs: float) -> int:

@@ -25,7 +25,7 @@ import torch
 from sid.artifacts import dumps_strict, write_json_atomic
 from sid.data import InteractionData, LeaveOneOutSplit, format_summary, load_split
 from sid.embed import check_embeddings, embed_texts, load_item_embeddings, save_embeddings
-from sid.report import mark_report_stale
+from sid.report import mark_report_stale, rounded
 from sid.run.arguments import (
     DataArguments,
     ModelArguments,
@@ -163,7 +163,7 @@ def prefixmem_stage(
         metrics = pretrain_prefixmem(
             pm, sids, torch.as_tensor(vectors), steps=args.prefixmem_steps, seed=seed
         )
-        logger.info(f"PrefixMem: pre-trained: {dumps_strict(metrics)}")
+        logger.info(f"PrefixMem: pre-trained: {dumps_strict(rounded(metrics))}")
     pm.save_pretrained(run.staging / "prefixmem_init")
     run.mark("prefixmem", key)
     logger.info(
@@ -323,10 +323,13 @@ def model_stage(
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - start
-    history = trainer.state.log_history
-    last = history[-1] if history else {}
-    if "eval_loss" in last and last.get("step") == trainer.state.global_step:
-        metrics = {k: v for k, v in last.items() if k.startswith("eval_")}  # already validated
+    final = [
+        h
+        for h in trainer.state.log_history
+        if "eval_loss" in h and h.get("step") == trainer.state.global_step
+    ]
+    if final:  # training already validated its last step: do not run it twice
+        metrics = {k: v for k, v in final[-1].items() if k.startswith("eval_")}
     else:
         metrics = trainer.evaluate()
     # Throughput of training proper: the validation passes inside train() are taken out.
@@ -351,7 +354,8 @@ def model_stage(
         rec.lm.eval()
         rec.save_pretrained(run.staging, fingerprint=key)
         run.mark("model", key)
-    logger.info(f"model trained: {dumps_strict(stats)}")
+    summary = rounded({k: v for k, v in stats.items() if k != "log_history"})
+    logger.info(f"model trained: {dumps_strict(summary)}")
     return rec, stats, key
 
 
@@ -531,5 +535,5 @@ def ranker_stage(
     write_json_atomic(run.staging / "ranker" / RANKER_BINDING, {"model_fingerprint": model_key})
     run.mark("ranker", key)
     summary = {k: v for k, v in stats.items() if k != "losses"}
-    logger.info(f"ranking head trained: {dumps_strict(summary)}")
+    logger.info(f"ranking head trained: {dumps_strict(rounded(summary))}")
     return summary

@@ -4,13 +4,20 @@ Everything is read through `datasets` (CSV/TSV/Parquet/JSON Lines or a folder wr
 `Dataset.save_to_disk`) and then held as flat numpy arrays: sequences are stored CSR-style
 (`offsets` into one `items` array) so that a million interactions cost a few arrays, not a
 million Python objects.
+
+Messages name a bad value by where it sits in the file: "line N" for text files (the header
+is line 1, so the first data row is line 2), "row N" (from 0) for Parquet and dataset folders.
+Hints name the train.py/eval.py flag that fixes the problem (`--user_col COLUMN`).
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import importlib.util
 import io
+import json
+import logging
 import os
 import statistics
 from collections.abc import Sequence
@@ -20,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+logger = logging.getLogger(__name__)
 
 BUILTIN_DATASETS = ("movielens-100k", "movielens-1m")
 
@@ -59,6 +68,8 @@ class InteractionData:
     outcomes: np.ndarray  # int64 [N]
     timestamps: np.ndarray  # int64 [N]
     n_dropped_interactions: int = 0
+    # items of the items file that no kept interaction names, left out of the catalogue
+    n_unused_items: int = 0
 
     @property
     def num_users(self) -> int:
@@ -93,6 +104,7 @@ class InteractionData:
                 for label, c in zip(self.outcome_labels, counts.tolist(), strict=True)
             },
             "dropped_interactions": self.n_dropped_interactions,
+            "unused_items": self.n_unused_items,
         }
 
 
@@ -159,26 +171,25 @@ class LeaveOneOutSplit:
 # ---------------------------------------------------------------------------------------------
 # Reading tables
 
+# The train.py/eval.py flag that sets each loader parameter, per file: hints in messages name
+# the flag, as most people meet these loaders through the command line.
+_ITEMS_FLAGS = {"item_col": "--items_item_col", "text_cols": "--text_cols"}
+_INTERACTIONS_FLAGS = {
+    "user_col": "--user_col",
+    "item_col": "--item_col",
+    "time_col": "--time_col",
+    "outcome_col": "--outcome_col",
+    "rating_col": "--rating_col",
+}
 
-def _read_table(path: str | os.PathLike, *, sep: str | None = None, what: str) -> pa.Table:
-    """Read a file or a saved HF dataset folder into an Arrow table through `datasets`."""
-    import datasets
 
-    path = Path(path)
+def _file_format(path: Path, *, sep: str | None, what: str) -> tuple[str, str | None]:
+    """(format, separator) of a data file, or ("folder", None); refuses a missing, empty or
+    unknown file with a message that names it."""
     if not path.exists():
         raise FileNotFoundError(f"{what} file not found: {path}")
     if path.is_dir():
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except Exception as err:  # datasets raises several types for a folder it cannot read
-            raise ValueError(
-                f"{what} folder {path} is not a dataset saved with Dataset.save_to_disk: {err}"
-            ) from err
-        if isinstance(ds, datasets.DatasetDict):
-            if "train" not in ds:
-                raise ValueError(f"{what} folder {path} holds splits {list(ds)}; expected 'train'")
-            ds = ds["train"]
-        return ds.data.table
+        return "folder", None
     if path.stat().st_size == 0:
         raise ValueError(f"{what} file is empty: {path}")
     fmt = _FORMATS.get(path.suffix.lower())
@@ -187,17 +198,53 @@ def _read_table(path: str | os.PathLike, *, sep: str | None = None, what: str) -
             f"{what} file {path} has an unknown extension {path.suffix!r}; "
             f"use one of {sorted(_FORMATS)} or a saved dataset folder"
         )
+    if fmt == "csv" and sep is None:
+        sep = "," if path.suffix.lower() == ".csv" else "\t"
+    return fmt, sep
+
+
+def _load_folder(path: Path, *, what: str):
+    """The `datasets.Dataset` saved in folder `path` (memory-mapped, so cheap to open)."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as err:  # datasets raises several types for a folder it cannot read
+        raise ValueError(
+            f"{what} folder {path} is not a dataset saved with Dataset.save_to_disk: {err}"
+        ) from err
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise ValueError(f"{what} folder {path} holds splits {list(ds)}; expected 'train'")
+        ds = ds["train"]
+    return ds
+
+
+def _read_table(
+    path: str | os.PathLike, *, sep: str | None = None, what: str
+) -> tuple[pa.Table, np.ndarray | None]:
+    """Read a file or a saved HF dataset folder into an Arrow table through `datasets`.
+
+    Returns (table, lines): `lines` int64 [rows] holds the 1-based line of the file on which
+    each row starts (CSV/TSV/JSON Lines), or is None where rows have no line (Parquet, dataset
+    folders, a JSON array), and messages then name rows by number.
+    """
+    import datasets
+
+    path = Path(path)
+    fmt, sep = _file_format(path, sep=sep, what=what)
+    if fmt == "folder":
+        return _load_folder(path, what=what).data.table, None
     kwargs: dict = {}
+    lines = None
     if fmt == "csv":
-        if sep is None:
-            sep = "," if path.suffix.lower() == ".csv" else "\t"
         # Comma-separated files follow RFC 4180 (a field may be quoted to hold commas, quotes
         # or newlines); tab-separated ones are read verbatim, as TSV has no quoting and titles
         # such as `"Great Performances" Cats` must keep their quotes.
         quoted = sep == ","
-        header = _check_delimited(path, sep=sep, quoted=quoted, what=what)
+        header, lines = _check_delimited(path, sep=sep, quoted=quoted, what=what)
         # Every column as a string: ids such as "007" must survive, and numbers are parsed
-        # later with a message that names the bad row.
+        # later with a message that names the bad line.
         kwargs = {
             "sep": sep,
             "quoting": 0 if quoted else 3,
@@ -205,7 +252,10 @@ def _read_table(path: str | os.PathLike, *, sep: str | None = None, what: str) -
             "features": datasets.Features({c: datasets.Value("string") for c in header}),
         }
     elif fmt == "json":
-        _decode_utf8(path, what=what)
+        _, text = _decode_utf8(path, what=what)
+        lines = np.array(
+            [i for i, line in enumerate(text.split("\n"), 1) if line.strip()], dtype=np.int64
+        )
     verbose = datasets.utils.logging.is_progress_bar_enabled()
     datasets.utils.logging.disable_progress_bar()
     try:
@@ -218,7 +268,14 @@ def _read_table(path: str | os.PathLike, *, sep: str | None = None, what: str) -
     table = ds.data.table
     if table.num_rows == 0:
         raise ValueError(f"{what} file has a header but no rows: {path}")
-    return table
+    if lines is not None and len(lines) != table.num_rows:
+        lines = None  # e.g. a JSON array, not JSON Lines: rows are then named by number
+    return table, lines
+
+
+def _place(row: int, lines: np.ndarray | None) -> str:
+    """How a message names data row `row` (from 0): its file line when known, else its number."""
+    return f"line {int(lines[row])}" if lines is not None else f"row {int(row)}"
 
 
 def _decode_utf8(path: Path, *, what: str) -> tuple[bytes, str]:
@@ -235,31 +292,37 @@ def _decode_utf8(path: Path, *, what: str) -> tuple[bytes, str]:
         ) from None
 
 
-def _check_delimited(path: Path, *, sep: str, quoted: bool, what: str) -> list[str]:
-    """Header of a delimited text file, after checking that it is UTF-8 and not ragged.
+def _check_delimited(
+    path: Path, *, sep: str, quoted: bool, what: str
+) -> tuple[list[str], np.ndarray]:
+    """(header, lines) of a delimited text file, after checking it is UTF-8 and not ragged.
 
-    Every non-blank line must have as many fields as the header; the first that does not is
-    reported by line number. Unquoted files are checked with array operations (a million rows
-    in well under a second); quoted (RFC 4180) files with the `csv` module, which knows that a
-    quoted field may hold the separator or a newline.
+    `lines` int64 [rows] is the 1-based physical line on which each data row starts (blank
+    lines are skipped, as the reader skips them). Every non-blank line must have as many
+    fields as the header; the first that does not is reported by line number. Unquoted files
+    are checked with array operations (a million rows in well under a second); quoted
+    (RFC 4180) files with the `csv` module, which knows that a quoted field may hold the
+    separator or a newline.
     """
     raw, text = _decode_utf8(path, what=what)
     if text.startswith("\ufeff"):
         raw, text = raw[3:], text[1:]  # the UTF-8 byte order mark is 3 bytes
     if quoted:
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
+        starts: list[int] = []
         try:
             header = next(reader, None)
             if header is None:
                 raise ValueError(f"{what} file is empty: {path}")
-            rows = 0
+            end = reader.line_num  # physical lines read so far; a record may span several
             for row in reader:
+                start, end = end + 1, reader.line_num
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # blank line
-                rows += 1
+                starts.append(start)
                 if len(row) != len(header):
                     raise ValueError(
-                        f"{what} file {path}: line {reader.line_num} has {len(row)} fields, the "
+                        f"{what} file {path}: line {start} has {len(row)} fields, the "
                         f"header has {len(header)} ({', '.join(header)}); quote fields that "
                         'hold a comma ("a, b") or fix the row'
                     )
@@ -267,6 +330,7 @@ def _check_delimited(path: Path, *, sep: str, quoted: bool, what: str) -> list[s
             raise ValueError(
                 f"{what} file {path}: malformed CSV at line {reader.line_num} ({err})"
             ) from None
+        lines = np.asarray(starts, dtype=np.int64)
     else:
         data = np.frombuffer(raw, dtype=np.uint8)  # already checked to be UTF-8
         ends = np.flatnonzero(data == 10)
@@ -288,35 +352,123 @@ def _check_delimited(path: Path, *, sep: str, quoted: bool, what: str) -> list[s
                 f"header has {len(header)} ({', '.join(header)}); fix the row (tab-separated "
                 "files have no quoting, so a field cannot hold a tab)"
             )
-        rows = int((~blank).sum()) - 1
-    if rows <= 0:
+        nonblank = np.flatnonzero(~blank)
+        lines = (nonblank[nonblank > 0] + 1).astype(np.int64)
+    if len(lines) == 0:
         raise ValueError(f"{what} file has a header but no rows: {path}")
-    return [name.strip() for name in header]
+    return [name.strip() for name in header], lines
 
 
 def _lines(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, which) -> list[str]:
     return [data[starts[i] : ends[i]].tobytes().decode("utf-8") for i in which]
 
 
-def _strip_type_suffix(table: pa.Table) -> pa.Table:
+def _base_name(column: str) -> str:
     """RecBole atomic files name columns `user_id:token`; keep the part before the colon."""
-    return table.rename_columns([name.split(":", 1)[0] for name in table.column_names])
+    return column.strip().split(":", 1)[0]
 
 
-def _require_columns(table: pa.Table, columns: Sequence[str], *, where: str) -> None:
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
+def _strip_type_suffix(table: pa.Table) -> pa.Table:
+    return table.rename_columns([_base_name(name) for name in table.column_names])
+
+
+def _column_names(path: Path, *, sep: str | None, what: str, needed: Sequence[str]):
+    """The file's column names, read cheaply so that every file's columns can be checked
+    before any file is loaded: the header line, the Parquet schema, the dataset folder's
+    features, or the first JSON record (JSON records may differ in keys, so the whole file is
+    read when that record lacks a needed column). None when the header cannot be read this
+    way; the full read then reports why.
+    """
+    fmt, sep = _file_format(path, sep=sep, what=what)
+    try:
+        if fmt == "folder":
+            names = _load_folder(path, what=what).column_names
+        elif fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            names = pq.read_schema(path).names
+        elif fmt == "csv":
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                if sep == ",":
+                    names = next(csv.reader(f, delimiter=sep), None)
+                else:
+                    names = f.readline().rstrip("\r\n").split(sep)
+        else:
+            with open(path, encoding="utf-8-sig") as f:
+                first = next((line for line in f if line.strip()), "")
+            record = json.loads(first)
+            names = list(record) if isinstance(record, dict) else None
+            if names is not None and not set(needed) <= {_base_name(n) for n in names}:
+                names = _read_table(path, sep=sep, what=what)[0].column_names
+    except (UnicodeDecodeError, csv.Error, json.JSONDecodeError, pa.ArrowException, OSError):
+        return None
+    return [_base_name(n) for n in names] if names else None
+
+
+def _missing_columns(
+    names: Sequence[str], needs: Sequence[tuple[str, str]], *, path, what: str
+) -> str | None:
+    """A message for the (column, flag) pairs of `needs` whose column is not in `names`.
+
+    It lists the file's columns and the flags to pass, with a likely column where one of the
+    file's unclaimed columns resembles the missing name.
+    """
+    missing = [(c, flag) for c, flag in needs if c not in names]
+    if not missing:
+        return None
+    claimed = {c for c, _ in needs if c in names}
+    free = [n for n in names if n not in claimed]
+    flags: dict[str, list[str]] = {}
+    for column, flag in missing:
+        flags.setdefault(flag, []).append(column)
+    usage, examples = [], []
+    for flag, columns in flags.items():
+        if flag == "--text_cols":
+            usage.append(f"{flag} a,b")
+            if free:
+                examples.append(f"{flag} {','.join(free)}")
+            continue
+        usage.append(f"{flag} COLUMN")
+        guess = difflib.get_close_matches(columns[0], free, n=1, cutoff=0.6)
+        if not guess and len(free) == 1 and len(missing) == 1:
+            guess = free  # the one column left over is the likely one
+        if guess:
+            examples.append(f"{flag} {guess[0]}")
+            free.remove(guess[0])
+    message = (
+        f"{what} file {path}: missing column(s) {[c for c, _ in missing]}; columns present: "
+        f"{list(names)}. Name the columns this file uses with {' '.join(usage)}"
+    )
+    return message + (f" (e.g. {' '.join(examples)})" if examples else "")
+
+
+def _require_columns(table: pa.Table, needs: Sequence[tuple[str, str]], *, path, what: str) -> None:
+    message = _missing_columns(table.column_names, needs, path=path, what=what)
+    if message:
+        raise ValueError(message)
+
+
+def _items_needs(item_col: str, text_cols: Sequence[str]) -> list[tuple[str, str]]:
+    if len(text_cols) == 0:
         raise ValueError(
-            f"{where}: missing column(s) {missing}; columns present: {table.column_names}. "
-            "Pass a column mapping (e.g. user_col=..., item_col=...) if they are named differently."
+            "no text column given; name the items file's text columns with --text_cols a,b"
         )
+    return [(item_col, _ITEMS_FLAGS["item_col"])] + [
+        (c, _ITEMS_FLAGS["text_cols"]) for c in text_cols
+    ]
+
+
+def _interactions_needs(**columns: str | None) -> list[tuple[str, str]]:
+    return [(c, _INTERACTIONS_FLAGS[param]) for param, c in columns.items() if c]
 
 
 def _as_str(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.utf8_trim_whitespace(pc.cast(column, pa.string()))
 
 
-def _numeric(column: pa.ChunkedArray, *, name: str, where: str) -> np.ndarray:
+def _numeric(
+    column: pa.ChunkedArray, *, name: str, where: str, lines: np.ndarray | None = None
+) -> np.ndarray:
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
         values = column.to_numpy(zero_copy_only=False).astype(np.float64)
     else:
@@ -328,15 +480,17 @@ def _numeric(column: pa.ChunkedArray, *, name: str, where: str) -> np.ndarray:
                 (i, v) for i, v in enumerate(text) if not _is_float(v)
             )  # only on the error path
             raise ValueError(
-                f"{where}: column {name!r} must be numeric; row {bad[0]} holds {bad[1]!r}"
+                f"{where}: column {name!r} must be numeric; {_place(bad[0], lines)} holds "
+                f"{bad[1]!r}"
             ) from None
     if np.isnan(values).any():
         row = int(np.flatnonzero(np.isnan(values))[0])
-        raise ValueError(f"{where}: column {name!r} is empty or NaN at row {row}")
+        raise ValueError(f"{where}: column {name!r} is empty or NaN at {_place(row, lines)}")
     if not np.isfinite(values).all():
         row = int(np.flatnonzero(~np.isfinite(values))[0])
         raise ValueError(
-            f"{where}: column {name!r} holds {values[row]} at row {row}; numbers must be finite"
+            f"{where}: column {name!r} holds {values[row]} at {_place(row, lines)}; numbers "
+            "must be finite"
         )
     return values
 
@@ -344,19 +498,21 @@ def _numeric(column: pa.ChunkedArray, *, name: str, where: str) -> np.ndarray:
 _INT64_LIMIT = 2.0**63  # |t| at or beyond this does not fit the int64 timestamps are kept in
 
 
-def _timestamps(column: pa.ChunkedArray, *, name: str, where: str) -> np.ndarray:
+def _timestamps(
+    column: pa.ChunkedArray, *, name: str, where: str, lines: np.ndarray | None = None
+) -> np.ndarray:
     """Time column → int64 or float64 [N] for ordering; refuses values int64 cannot hold.
 
     Integer text ("978300760") is parsed exactly; anything else (dates as numbers with a
-    fraction, "1e9") as float. NaN, ±inf and values beyond int64 are refused with the row.
+    fraction, "1e9") as float. NaN, ±inf and values beyond int64 are refused with the line.
     """
     if pa.types.is_integer(column.type):
         values = column.to_numpy(zero_copy_only=False)
         if values.dtype == np.uint64 and (values >= 2**63).any():
             row = int(np.flatnonzero(values >= 2**63)[0])
             raise ValueError(
-                f"{where}: column {name!r} holds {int(values[row])} at row {row}, beyond the "
-                "int64 range of timestamps"
+                f"{where}: column {name!r} holds {int(values[row])} at {_place(row, lines)}, "
+                "beyond the int64 range of timestamps"
             )
         return values.astype(np.int64)
     if not pa.types.is_floating(column.type):
@@ -364,15 +520,16 @@ def _timestamps(column: pa.ChunkedArray, *, name: str, where: str) -> np.ndarray
         try:
             return pc.cast(text, pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass  # not all integers, or too large: the float path below names the row
-    values = _numeric(column, name=name, where=where)
+            pass  # not all integers, or too large: the float path below names the line
+    values = _numeric(column, name=name, where=where, lines=lines)
     too_big = np.abs(values) >= _INT64_LIMIT
     if too_big.any():
         row = int(np.flatnonzero(too_big)[0])
         shown = column[row].as_py()
         raise ValueError(
-            f"{where}: column {name!r} holds {shown!r} at row {row}, beyond the int64 range of "
-            "timestamps (|t| < 9.2e18); use seconds or milliseconds since the epoch"
+            f"{where}: column {name!r} holds {shown!r} at {_place(row, lines)}, beyond the "
+            "int64 range of timestamps (|t| < 9.2e18); use seconds or milliseconds since the "
+            "epoch"
         )
     return values
 
@@ -397,21 +554,31 @@ def load_items(
     sep: str | None = None,
 ) -> tuple[list[str], list[str]]:
     """Read an items table → (item_ids, texts). Texts join `text_cols` with " | "."""
-    table = _strip_type_suffix(_read_table(path, sep=sep, what="items"))
-    _require_columns(table, [item_col, *text_cols], where=f"items file {path}")
+    needs = _items_needs(item_col, text_cols)
+    table, lines = _read_table(path, sep=sep, what="items")
+    table = _strip_type_suffix(table)
+    _require_columns(table, needs, path=path, what="items")
     ids = _as_str(table.column(item_col)).to_pylist()
-    _check_unique_ids(ids, where=f"items file {path}", column=item_col)
+    _check_unique_ids(ids, where=f"items file {path}", column=item_col, lines=lines)
     parts = [_as_str(table.column(c)).to_pylist() for c in text_cols]
     texts = [" | ".join(p for p in row if p) for row in zip(*parts, strict=True)]
     return ids, texts
 
 
-def _check_unique_ids(ids: list[str], *, where: str, column: str) -> None:
-    uniq, counts = np.unique(np.asarray(ids, dtype=object).astype(str), return_counts=True)
+def _check_unique_ids(
+    ids: list[str], *, where: str, column: str, lines: np.ndarray | None = None
+) -> None:
+    values = np.asarray(ids, dtype=object).astype(str)
+    uniq, first, inverse, counts = np.unique(
+        values, return_index=True, return_inverse=True, return_counts=True
+    )
     if (counts > 1).any():
         dup = uniq[counts > 1]
+        again = int(np.flatnonzero(first[inverse] != np.arange(len(values)))[0])
         raise ValueError(
-            f"{where}: column {column!r} has {len(dup)} duplicate item id(s), e.g. {dup[:5].tolist()}"
+            f"{where}: column {column!r} has {len(dup)} duplicate item id(s), e.g. "
+            f"{dup[:5].tolist()}; {str(values[again])!r} is at {_place(first[inverse[again]], lines)} "
+            f"and again at {_place(again, lines)}"
         )
 
 
@@ -429,18 +596,28 @@ def load_interactions(
     unknown_items: str = "error",
     keep_unused_items: bool = False,
     sep: str | None = None,
+    items_file: str | os.PathLike | None = None,
 ) -> InteractionData:
     """Read an interactions table and join it with `items` = (item_ids, texts).
 
     The outcome is `outcome_col` when given; else derived from `rating_col`
     (rating >= like_threshold → "like", else "watch"); else every interaction is "click".
     `unknown_items`: "error" (default) or "drop" for interactions naming items absent from the
-    items table (the count dropped is kept in `n_dropped_interactions`).
+    items table (the count dropped is kept in `n_dropped_interactions`). Items no interaction
+    names are left out of the catalogue unless `keep_unused_items`; their count is kept in
+    `n_unused_items` and logged as a warning naming `items_file` (where `items` was read).
     """
     where = f"interactions file {path}"
-    table = _strip_type_suffix(_read_table(path, sep=sep, what="interactions"))
-    needed = [user_col, item_col, time_col] + [c for c in (outcome_col, rating_col) if c]
-    _require_columns(table, needed, where=where)
+    needs = _interactions_needs(
+        user_col=user_col,
+        item_col=item_col,
+        time_col=time_col,
+        outcome_col=outcome_col,
+        rating_col=rating_col,
+    )
+    table, lines = _read_table(path, sep=sep, what="interactions")
+    table = _strip_type_suffix(table)
+    _require_columns(table, needs, path=path, what="interactions")
     return build_interaction_data(
         table,
         items=items,
@@ -454,6 +631,8 @@ def load_interactions(
         like_threshold=like_threshold,
         unknown_items=unknown_items,
         keep_unused_items=keep_unused_items,
+        lines=lines,
+        items_file=items_file,
     )
 
 
@@ -471,28 +650,35 @@ def build_interaction_data(
     like_threshold: float = 4.0,
     unknown_items: str = "error",
     keep_unused_items: bool = False,
+    lines: np.ndarray | None = None,
+    items_file: str | os.PathLike | None = None,
 ) -> InteractionData:
-    """Arrow table of interactions + items → `InteractionData` (see `load_interactions`)."""
+    """Arrow table of interactions + items → `InteractionData` (see `load_interactions`).
+
+    `lines` int64 [rows]: the file line of each table row, so that messages name it (None:
+    rows are named by number, from 0).
+    """
     if unknown_items not in ("error", "drop"):
-        raise ValueError(f"unknown_items must be 'error' or 'drop', got {unknown_items!r}")
+        raise ValueError(f"--unknown_items must be error or drop, got {unknown_items!r}")
     item_ids, item_texts = items
+    items_where = f"items file {items_file}" if items_file else "the items table"
     if len(item_ids) == 0:
-        raise ValueError("the items table is empty")
-    _check_unique_ids(item_ids, where="items", column="item_id")
+        raise ValueError(f"{items_where} is empty")
+    _check_unique_ids(item_ids, where=items_where, column="item_id")
 
     users = _as_str(table.column(user_col))
     item_col_values = _as_str(table.column(item_col))
-    timestamps = _timestamps(table.column(time_col), name=time_col, where=where)
+    timestamps = _timestamps(table.column(time_col), name=time_col, where=where, lines=lines)
 
     if outcome_col:
         outcome_values = _as_str(table.column(outcome_col))
         if pc.any(pc.equal(outcome_values, "")).as_py():
             row = int(np.flatnonzero(pc.equal(outcome_values, "").to_numpy())[0])
-            raise ValueError(f"{where}: column {outcome_col!r} is empty at row {row}")
+            raise ValueError(f"{where}: column {outcome_col!r} is empty at {_place(row, lines)}")
         outcome_labels = sorted(pc.unique(outcome_values).to_pylist())
         outcomes = pc.index_in(outcome_values, value_set=pa.array(outcome_labels)).to_numpy()
     elif rating_col:
-        ratings = _numeric(table.column(rating_col), name=rating_col, where=where)
+        ratings = _numeric(table.column(rating_col), name=rating_col, where=where, lines=lines)
         outcome_labels = ["like", "watch"]
         outcomes = np.where(ratings >= like_threshold, 0, 1)
     else:
@@ -509,9 +695,9 @@ def build_interaction_data(
             rows = np.flatnonzero(unknown)
             examples = item_col_values.take(pa.array(rows[:5])).to_pylist()
             raise ValueError(
-                f"{where}: {n_dropped} interaction(s) name items absent from the items table "
-                f"(first at row {int(rows[0])}: {examples}); fix the items table or pass "
-                "unknown_items='drop' to drop them"
+                f"{where}: {n_dropped} interaction(s) name items absent from {items_where} "
+                f"(first at {_place(rows[0], lines)}: {examples}); fix the items file or pass "
+                "--unknown_items drop to drop them"
             )
         keep = ~unknown
         item_index, timestamps, outcomes = item_index[keep], timestamps[keep], outcomes[keep]
@@ -520,10 +706,21 @@ def build_interaction_data(
     if len(item_index) == 0:
         raise ValueError(f"{where}: no interactions left after dropping unknown items")
 
+    n_unused = 0
     if not keep_unused_items:
         used = np.zeros(len(item_ids), dtype=bool)
         used[item_index] = True
-        if not used.all():
+        n_unused = int((~used).sum())
+        if n_unused:
+            # The catalogue is what the model can recommend: an item nobody interacted with
+            # cannot be a target, but a silently shorter catalogue surprises, so say so.
+            logger.warning(
+                "%d of %d items in %s never occur in %s and are left out of the catalogue",
+                n_unused,
+                len(item_ids),
+                items_where,
+                where,
+            )
             remap = np.cumsum(used) - 1
             item_index = remap[item_index]
             keep_ids = np.flatnonzero(used)
@@ -548,6 +745,7 @@ def build_interaction_data(
         outcomes=np.asarray(outcomes, dtype=np.int64)[order],
         timestamps=timestamps[order].astype(np.int64),
         n_dropped_interactions=n_dropped,
+        n_unused_items=n_unused,
     )
 
 
@@ -588,11 +786,13 @@ def load_builtin(name: str, *, like_threshold: float = 4.0) -> InteractionData:
     """MovieLens-100K or MovieLens-1M from the RecBole wheels.
 
     Item text is "Title (year) | genre, genre"; outcome "like" for rating >= like_threshold,
-    else "watch". The catalogue holds the items that have at least one interaction.
+    else "watch". The catalogue holds the items that have at least one interaction: all 1682
+    of ML-100K; 3706 of the 3883 in ML-1M's item file (`n_unused_items` = 177).
     """
     folder = builtin_path(name)
     stem = _BUILTIN_SOURCES[name][2]
-    item_table = _strip_type_suffix(_read_table(folder / f"{stem}.item", what="items"))
+    items_file = folder / f"{stem}.item"
+    item_table = _strip_type_suffix(_read_table(items_file, what="items")[0])
     ids = _as_str(item_table.column("item_id")).to_pylist()
     titles = _as_str(item_table.column("movie_title")).to_pylist()
     years = [
@@ -611,6 +811,7 @@ def load_builtin(name: str, *, like_threshold: float = 4.0) -> InteractionData:
         name=name,
         rating_col="rating",
         like_threshold=like_threshold,
+        items_file=items_file,
     )
 
 
@@ -632,6 +833,8 @@ def load_data(
     file/folder plus an `items` file with the item id and text columns.
 
     `text_cols` is a list or a comma-separated string; the texts are joined with " | ".
+    Both files' columns are checked from their headers before either is loaded, so one error
+    names every missing column of both.
     """
     if str(dataset) in BUILTIN_DATASETS:
         return load_builtin(str(dataset), like_threshold=like_threshold)
@@ -642,6 +845,28 @@ def load_data(
         )
     if isinstance(text_cols, str):
         text_cols = [c.strip() for c in text_cols.split(",") if c.strip()]
+    files = [
+        (
+            Path(dataset),
+            "interactions",
+            _interactions_needs(
+                user_col=user_col,
+                item_col=item_col,
+                time_col=time_col,
+                outcome_col=outcome_col,
+                rating_col=rating_col,
+            ),
+        ),
+        (Path(items), "items", _items_needs(items_item_col, text_cols)),
+    ]
+    problems = []
+    for path, what, needs in files:
+        names = _column_names(path, sep=None, what=what, needed=[c for c, _ in needs])
+        message = names and _missing_columns(names, needs, path=path, what=what)
+        if message:
+            problems.append(message)
+    if problems:
+        raise ValueError("\n".join(problems))
     item_table = load_items(items, item_col=items_item_col, text_cols=text_cols)
     return load_interactions(
         dataset,
@@ -653,6 +878,7 @@ def load_data(
         rating_col=rating_col,
         like_threshold=like_threshold,
         unknown_items=unknown_items,
+        items_file=items,
     )
 
 
@@ -676,14 +902,15 @@ def leave_one_out(data: InteractionData, *, min_length: int = 3) -> LeaveOneOutS
     """Hold out each user's last item (test) and second-to-last (valid); the rest trains."""
     if min_length < 3:
         raise ValueError(
-            f"min_length must be >= 3 (one train item, one validation and one test target), got {min_length}"
+            f"--min_length must be >= 3 (one train item, one validation and one test target), "
+            f"got {min_length}"
         )
     lengths = np.diff(data.offsets)
     keep = lengths >= min_length
     users = np.flatnonzero(keep).astype(np.int64)
     if len(users) == 0:
         raise ValueError(
-            f"no user has at least {min_length} interactions; lower min_length "
+            f"no user has at least {min_length} interactions; lower --min_length "
             f"(longest sequence: {int(lengths.max()) if len(lengths) else 0})"
         )
     starts, ends = data.offsets[:-1][keep], data.offsets[1:][keep]

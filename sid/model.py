@@ -20,17 +20,13 @@ from torch import LongTensor
 
 from sid.artifacts import atomic_path
 from sid.codes import SemanticIDs
+from sid.embed import cache_root
 from sid.vocab import SIDVocab
 
 TINY_MODEL = "tiny"
 SMOLLM2 = "smollm2-135m"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _TEXT_SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
-
-
-def cache_root() -> Path:
-    """Where converted models are kept (`SID_CACHE`, default `~/.cache/sid-genrec`)."""
-    return Path(os.environ.get("SID_CACHE", Path.home() / ".cache" / "sid-genrec"))
 
 
 def tiny_text_tokenizer():

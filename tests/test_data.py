@@ -1,4 +1,7 @@
 import importlib.util
+import logging
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,11 +43,16 @@ def test_ml100k_counts(ml100k):
     assert (ml100k.num_users, ml100k.num_items, ml100k.num_interactions) == (943, 1682, 100_000)
     assert ml100k.item_texts[0] == "Toy Story (1995) | Animation, Children's, Comedy"
     assert ml100k.outcome_labels == ["like", "watch"]
+    assert ml100k.n_unused_items == 0  # every ML-100K item has a rating
 
 
-def test_ml1m_counts():
-    data = load_builtin("movielens-1m")
+def test_ml1m_counts(caplog):
+    with caplog.at_level(logging.WARNING, logger="sid.data"):
+        data = load_builtin("movielens-1m")
     assert (data.num_users, data.num_items, data.num_interactions) == (6040, 3706, 1_000_209)
+    # 177 of the 3883 movies in ml-1m.item have no rating: counted, warned about, summarised
+    assert data.n_unused_items == 177 and data.summary()["unused_items"] == 177
+    assert "177 of 3883 items in items file" in caplog.text
     # ML-1M item ids are titles; the CRLF line ending must not leak into ids or genres.
     assert data.item_ids[0] == "Toy Story (1995)"
     assert not any("\r" in t for t in data.item_texts)
@@ -171,7 +179,9 @@ def test_unknown_items_error_or_drop_with_count(tmp_path, small_files):
         tmp_path / "i.csv",
         "user_id,item_id,timestamp\nu1,A,1\nu1,Z,2\nu1,B,3\nu1,C,4\nu2,Y,1\n",
     )
-    with pytest.raises(ValueError, match=r"2 interaction\(s\) name items absent.*row 1.*'Z'"):
+    with pytest.raises(
+        ValueError, match=r"2 interaction\(s\) name items absent.*line 3.*'Z'.*--unknown_items drop"
+    ):
         load_interactions(inter, items=load_items(items))
     data = load_interactions(inter, items=load_items(items), unknown_items="drop")
     assert data.n_dropped_interactions == 2 and data.num_interactions == 3
@@ -180,8 +190,120 @@ def test_unknown_items_error_or_drop_with_count(tmp_path, small_files):
 def test_non_numeric_timestamp_names_row(tmp_path, small_files):
     _, items = small_files
     inter = write(tmp_path / "i.csv", "user_id,item_id,timestamp\nu1,A,1\nu1,B,yesterday\n")
-    with pytest.raises(ValueError, match=r"'timestamp' must be numeric; row 1 holds 'yesterday'"):
+    with pytest.raises(ValueError, match=r"'timestamp' must be numeric; line 3 holds 'yesterday'"):
         load_interactions(inter, items=load_items(items))
+
+
+BAD_TIMESTAMP_ON_LINE_6 = (
+    "user_id,item_id,timestamp\n"  # line 1
+    "u1,A,1\n"
+    "\n"  # a blank line: skipped by the reader, still counted as a line of the file
+    'u1,"B",2\n'
+    "u1,C,3\n"
+    "u2,A,yesterday\n"  # line 6, data row 3
+)
+
+
+def test_bad_value_is_named_by_its_file_line(tmp_path, small_files):
+    _, items = small_files
+    for name, text in [
+        ("blank.csv", BAD_TIMESTAMP_ON_LINE_6),
+        ("blank.tsv", BAD_TIMESTAMP_ON_LINE_6.replace(",", "\t").replace('"', "")),
+        # a quoted field holding a newline: the record that follows starts a line later
+        ("multiline.csv", 'user_id,item_id,timestamp,note\nu1,A,1,"two\nlines"\nu1,B,x,\n'),
+    ]:
+        line = 6 if name.startswith("blank") else 4
+        with pytest.raises(
+            ValueError, match=rf"{re.escape(name)}: column 'timestamp' .*line {line}"
+        ):
+            load_interactions(write(tmp_path / name, text), items=load_items(items))
+
+
+def test_bad_value_in_jsonl_is_a_line_and_in_parquet_a_row(tmp_path, small_files):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _, items = small_files
+    rows = [("u1", "A", "1"), ("u1", "B", "2"), ("u2", "C", "later")]
+    jsonl = tmp_path / "i.jsonl"
+    jsonl.write_text(
+        "".join(f'{{"user_id": "{u}", "item_id": "{i}", "timestamp": "{t}"}}\n' for u, i, t in rows)
+    )
+    with pytest.raises(ValueError, match=r"line 3 holds 'later'"):
+        load_interactions(jsonl, items=load_items(items))
+    names = ["user_id", "item_id", "timestamp"]
+    table = pa.table({name: [row[k] for row in rows] for k, name in enumerate(names)})
+    pq.write_table(table, tmp_path / "i.parquet")
+    with pytest.raises(ValueError, match=r"row 2 holds 'later'"):
+        load_interactions(tmp_path / "i.parquet", items=load_items(items))
+
+
+def test_duplicate_item_id_names_both_lines(tmp_path):
+    items = write(tmp_path / "items.csv", "item_id,text\nA,x\nB,y\nA,z\n")
+    with pytest.raises(ValueError, match=r"'A' is at line 2 and again at line 4"):
+        load_items(items)
+
+
+def test_one_error_names_missing_columns_of_both_files(tmp_path):
+    items = write(tmp_path / "items.csv", "iid,title,genres\nA,alpha,x\nB,beta,y\n")
+    inter = write(tmp_path / "inter.csv", "uid,item_id,ts\nu1,A,1\nu1,B,2\n")
+    with pytest.raises(ValueError) as err:
+        load_data(inter, items=items)
+    message = str(err.value)
+    first, second = message.splitlines()
+    assert first.startswith(
+        f"interactions file {inter}: missing column(s) ['user_id', 'timestamp']"
+    )
+    assert "columns present: ['uid', 'item_id', 'ts']" in first
+    assert "--user_col COLUMN --time_col COLUMN (e.g. --user_col uid)" in first
+    assert second.startswith(f"items file {items}: missing column(s) ['item_id', 'text']")
+    assert "--items_item_col COLUMN --text_cols a,b" in second
+    # fixing what the message names is enough: one more run, not one per file
+    data = load_data(
+        inter, items=items, user_col="uid", time_col="ts", items_item_col="iid", text_cols="title"
+    )
+    assert data.num_interactions == 2
+
+
+def test_hints_use_command_line_flags_not_python_keywords(tmp_path, small_files):
+    inter, items = small_files
+    messages = []
+    for call in [
+        lambda: load_data(inter, items=items, user_col="who"),
+        lambda: load_data(inter, items=items, text_cols="title"),
+        lambda: load_interactions(
+            write(tmp_path / "i.csv", "user_id,item_id,timestamp\nu1,Z,1\n"),
+            items=load_items(items),
+        ),
+        lambda: load_interactions(inter, items=load_items(items), unknown_items="skip"),
+        lambda: leave_one_out(load_data(inter, items=items), min_length=9),
+    ]:
+        with pytest.raises(ValueError) as err:
+            call()
+        messages.append(str(err.value))
+    assert "--user_col COLUMN" in messages[0] and "--text_cols a,b" in messages[1]
+    assert "--unknown_items drop" in messages[2] and "--unknown_items must be" in messages[3]
+    assert "--min_length" in messages[4]
+    for message in messages:
+        assert not re.search(r"\b[a-z_]+=(\.\.\.|'|\")", message), message
+    # and no Python-keyword hint is left anywhere in the module's messages
+    source = Path(importlib.util.find_spec("sid.data").origin).read_text()
+    assert not re.search(r"\w+_(col|items|cols)=(\.\.\.|')", source)
+
+
+def test_unused_items_are_counted_warned_and_shown_in_the_summary(tmp_path, caplog):
+    items = write(tmp_path / "items.csv", "item_id,text\nA,a\nB,b\nC,c\nD,d\nE,e\n")
+    inter = write(tmp_path / "inter.csv", "user_id,item_id,timestamp\nu1,A,1\nu1,C,2\nu2,A,1\n")
+    with caplog.at_level(logging.WARNING, logger="sid.data"):
+        data = load_data(inter, items=items)
+    assert data.item_ids == ["A", "C"]  # the catalogue is the items that have interactions
+    assert data.n_unused_items == 3 and data.summary()["unused_items"] == 3
+    assert (
+        f"3 of 5 items in items file {items} never occur in interactions file {inter} and are "
+        "left out of the catalogue"
+    ) in caplog.text
+    kept = load_interactions(inter, items=load_items(items), keep_unused_items=True)
+    assert kept.num_items == 5 and kept.n_unused_items == 0
 
 
 def test_missing_builtin_wheel_prints_install_command(monkeypatch):

@@ -1,10 +1,15 @@
+import logging
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from sid import model as sid_model
 from sid.data import load_builtin
-from sid.embed import embed_texts, load_item_embeddings, save_embeddings
+from sid.embed import cache_root, embed_texts, load_item_embeddings, save_embeddings
 
 
 def test_ml100k_embeddings_are_unit_norm_and_cached(tmp_path):
@@ -26,7 +31,43 @@ def test_ml100k_embeddings_are_unit_norm_and_cached(tmp_path):
 
 def test_empty_text_is_refused():
     with pytest.raises(ValueError, match="row 1"):
-        embed_texts(["a", "  "], cache_dir=None)
+        embed_texts(["a", "  "], cache_dir=False)
+
+
+def test_cache_root_is_sid_cache_or_the_user_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("SID_CACHE", str(tmp_path / "c"))
+    assert cache_root() == tmp_path / "c"
+    monkeypatch.delenv("SID_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "sid-genrec"
+    assert sid_model.cache_root is cache_root  # one definition, also used for model conversion
+
+
+def test_default_cache_is_under_sid_cache_and_reused_from_another_cwd(
+    monkeypatch, tmp_path, caplog, capsys
+):
+    monkeypatch.setenv("SID_CACHE", str(tmp_path / "cache"))
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    texts = ["Toy Story (1995) | Animation", "Heat (1995) | Action, Crime"]
+    monkeypatch.chdir(tmp_path / "a")
+    with caplog.at_level(logging.INFO, logger="sid.embed"), warnings.catch_warnings():
+        # our calls into sentence-transformers/transformers use nothing deprecated
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        first = embed_texts(texts)
+    assert embed_texts.last_cache_hit is False
+    files = list((tmp_path / "cache" / "embeddings").glob("*.safetensors"))
+    assert len(files) == 1
+    assert not (tmp_path / "a" / ".cache").exists()  # nothing written to the working directory
+    # one log line for the pass; stderr is not a terminal here, so no progress bar is drawn
+    assert [r.message for r in caplog.records if r.message.startswith("embedded 2 texts")]
+    assert "\r" not in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path / "b")
+    second = embed_texts(texts)
+    assert embed_texts.last_cache_hit is True
+    np.testing.assert_array_equal(first, second)
+    assert Path.cwd() == tmp_path / "b" and not (tmp_path / "b" / ".cache").exists()
 
 
 def test_npy_embeddings_wrong_row_count(tmp_path):

@@ -238,13 +238,13 @@ def test_non_finite_or_overflowing_timestamps_name_the_row(tmp_path, value, show
     with pytest.raises(ValueError) as err:
         load_interactions(path, items=ITEMS)
     message = str(err.value)
-    assert str(path) in message and "'timestamp'" in message and "row 2" in message
+    assert str(path) in message and "'timestamp'" in message and "line 4" in message
     assert shown.lower() in message.lower()
 
 
 def test_an_integer_timestamp_beyond_int64_is_refused(tmp_path):
     path = write_inter(tmp_path, ["u1,a,1", "u1,b,99999999999999999999", "u1,c,3"])
-    with pytest.raises(ValueError, match=r"'99999999999999999999' at row 1, beyond the int64"):
+    with pytest.raises(ValueError, match=r"'99999999999999999999' at line 3, beyond the int64"):
         load_interactions(path, items=ITEMS)
 
 

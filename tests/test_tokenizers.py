@@ -1,6 +1,9 @@
 """SID tokenizers: determinism, save/load round trips, input checks, ML-1M codebook health."""
 
+import inspect
 import json
+import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -106,6 +109,30 @@ def test_rqvae_reports_progress_history_and_latent_error(X):
     assert set(tok.history[0]) >= {"loss", "recon", "util", "holdout"}
     assert len(tok.history[0]["util"]) == 2
     assert tok.latent_quantization_mse(X) >= 0.0
+
+
+def test_rqvae_default_epochs_is_the_measured_150():
+    # train.py's --sid_epochs reads this default; every measured run used 150
+    assert inspect.signature(RQVAE).parameters["epochs"].default == 150
+    assert RQVAE().epochs == 150
+
+
+@pytest.mark.parametrize(
+    "make, line",
+    [
+        (lambda: tiny_rqvae(progress=True), "RQ-VAE fitted: 6 of 6 epochs"),
+        (lambda: tiny_rqkmeans(verbose=True), "RQ-KMeans fitted: 3 levels of 8x6x4 codes"),
+    ],
+    ids=["rqvae", "rqkmeans"],
+)
+def test_fit_logs_one_summary_line_and_draws_no_bar_into_a_log(make, line, X, caplog, capsys):
+    with caplog.at_level(logging.INFO, logger="sid.tokenizers"), warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        make().fit(X)
+    assert [r.message for r in caplog.records if r.message.startswith(line)]
+    err = capsys.readouterr().err  # not a terminal: the bar stays off, no \r or \x1b[A debris
+    assert "\r" not in err and "\x1b[A" not in err
 
 
 def test_build_sid_tokenizer_dispatches_and_rejects_unknown_kind():

@@ -16,8 +16,10 @@ What makes it cheaper than running `KMeans(n_init=10)` per level at the same err
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import time
 import warnings
 
 import numpy as np
@@ -32,6 +34,8 @@ from sid.tokenizers.base import (
     check_enough_items,
     read_pretrained,
 )
+
+logger = logging.getLogger(__name__)
 
 _ASSIGN_CHUNK = 65536  # rows per distance block: 65536 x 256 floats = 64 MiB
 
@@ -106,7 +110,8 @@ class RQKMeans:
         refine_iters: rounds of joint codebook refinement after the greedy pass.
         balanced: assign codes with a per-code capacity of ceil(balance_slack * N / K_l),
             so codes are used evenly (fit and encode; encode balances within its batch).
-        verbose: tqdm progress over levels.
+        verbose: a tqdm bar over the fit's steps (levels, then refinement rounds), on a
+            terminal only (none in a redirected log); every fit ends with one log line.
     """
 
     tokenizer_type = "rqkmeans"
@@ -126,7 +131,7 @@ class RQKMeans:
         balance_slack: float = 1.0,
         minibatch_threshold: int = 1_000_000,
         minibatch_size: int = 4096,
-        verbose: bool = False,
+        verbose: bool = True,
     ):
         if algorithm not in ("auto", "kmeans", "minibatch"):
             raise ValueError(f"algorithm={algorithm!r}; use 'auto', 'kmeans' or 'minibatch'")
@@ -218,24 +223,44 @@ class RQKMeans:
         self.input_dim = int(X.shape[1])
         R = X.clone()
         codebooks, codes = [], []
-        levels = tqdm(
-            range(self.num_levels), desc="RQ-KMeans", unit="level", disable=not self.verbose
+        start = time.perf_counter()
+        # one bar for the whole fit, cleared when done; disable=None: no bar unless stderr is
+        # a terminal, so a saved log gets the summary line below and no bar debris
+        bar = tqdm(
+            total=self.num_levels + self.refine_iters,
+            desc="RQ-KMeans",
+            unit="step",
+            leave=False,
+            mininterval=1.0,
+            disable=None if self.verbose else True,
         )
-        for level in levels:
-            C = torch.from_numpy(
-                self._fit_level(R.numpy(), self.codebook_sizes[level], self.seed + 1009 * level)
-            )
-            c = self._assign(R, C)
-            if self.balanced:
-                C = _centroid_means(R, c, C)
-            R -= C[c]
-            codebooks.append(C)
-            codes.append(c)
-            levels.set_postfix(level_mse=float(R.pow(2).mean()))
-        self.codebooks = codebooks
-        for _ in range(self.refine_iters):
-            self._refine(X, torch.stack(codes, 1))
-            codes = list(self.encode(X).unbind(1))
+        with bar:
+            for level in range(self.num_levels):
+                C = torch.from_numpy(
+                    self._fit_level(R.numpy(), self.codebook_sizes[level], self.seed + 1009 * level)
+                )
+                c = self._assign(R, C)
+                if self.balanced:
+                    C = _centroid_means(R, c, C)
+                R -= C[c]
+                codebooks.append(C)
+                codes.append(c)
+                bar.set_postfix(
+                    level=level, residual_mse=f"{float(R.pow(2).mean()):.4g}", refresh=False
+                )
+                bar.update()
+            self.codebooks = codebooks
+            for _ in range(self.refine_iters):
+                self._refine(X, torch.stack(codes, 1))
+                codes = list(self.encode(X).unbind(1))
+                bar.update()
+        mse = float((X - self.decode(torch.stack(codes, 1))).pow(2).mean())
+        logger.info(
+            f"RQ-KMeans fitted: {self.num_levels} levels of "
+            f"{'x'.join(map(str, self.codebook_sizes))} codes, {self.refine_iters} refinement "
+            f"round(s), quantisation MSE {mse:.4g}; {X.shape[0]} items in "
+            f"{time.perf_counter() - start:.1f} s"
+        )
         return self
 
     def _refine(self, X: torch.Tensor, codes: torch.Tensor) -> None:

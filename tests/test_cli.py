@@ -3,6 +3,7 @@ shown by --help and taken from the one place it lives; run directories are locke
 reports are marked."""
 
 import dataclasses
+import json
 import importlib.util
 import inspect
 import re
@@ -155,3 +156,16 @@ def test_retraining_marks_the_old_report_stale_and_eval_clears_it(tmp_path):
     assert "stale" in report_is_stale(run_dir)
     evaluate_run(run_dir, num_beams=5, top_k=5, batch_size=16)
     assert not marker.exists() and report_is_stale(run_dir) is None
+
+
+def test_default_codebook_sizes_fit_a_small_own_catalogue(tmp_path):
+    """README's own-data command with no --codebook_sizes: the levels follow the catalogue
+    (30 items → 8 codes per level) instead of refusing the 256-code default."""
+    dataset = write_cycle_dataset(tmp_path)
+    run_dir = run_training(
+        *pipeline_options(
+            dataset, tmp_path / "run", codebook_sizes="auto", ranker=False, prefixmem=False
+        )
+    )
+    config = json.loads((run_dir / "semantic_ids.json").read_text())
+    assert config["codebook_sizes"][:3] == [8, 8, 8]

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sid.retrieval as retrieval  # noqa: E402
 from sid.codes import PrefixTrie  # noqa: E402
 from sid.model import smollm2_path, tiny_config, tiny_text_tokenizer  # noqa: E402
-from sid.retrieval import constrained_beam_search  # noqa: E402
+from sid.retrieval import BeamSearchConfig  # noqa: E402
 from sid.vocab import SIDVocab  # noqa: E402
 
 OUTCOMES = ["like", "watch"]
@@ -186,12 +186,13 @@ def compare(name, model, vocab, trie, codes, *, n_users, batch, lo, hi, beams, s
     # warm-up (allocations, lazy inits) on a short slice
     w = 4 * (codes.shape[1] + 1) + 1
     w_ids, w_mask = ids[:1, -w:], mask[:1, -w:]
-    constrained_beam_search(model, vocab, trie, w_ids, w_mask, num_beams=beams)
+    ours_search = BeamSearchConfig(num_beams=beams)
+    ours_search.search(model, vocab, trie, w_ids, w_mask)
     hf_search(model, vocab, trie, w_ids, w_mask, beams=beams, renorm=True)
 
     spent, restore = timed_forward()
     t = time.perf_counter()
-    ours = [constrained_beam_search(model, vocab, trie, i, m, num_beams=beams) for i, m in batches]
+    ours = [ours_search.search(model, vocab, trie, i, m) for i, m in batches]
     t_ours = time.perf_counter() - t
     restore()
     fwd_share = spent[0] / t_ours
@@ -243,7 +244,7 @@ def compare(name, model, vocab, trie, codes, *, n_users, batch, lo, hi, beams, s
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--items", type=int, default=3706)
-    p.add_argument("--beams", type=int, default=20)
+    p.add_argument("--beams", type=int, default=BeamSearchConfig.num_beams)
     p.add_argument("--tiny-users", type=int, default=64)
     p.add_argument("--tiny-batch", type=int, default=16)
     p.add_argument("--smol-users", type=int, default=4)

@@ -42,7 +42,7 @@ from sid.ranking import (
     rank_candidates,
     retrieve_and_rank,
 )
-from sid.retrieval import constrained_beam_search
+from sid.retrieval import BeamSearchConfig
 
 
 def random_catalogue(n_items: int, sizes: list[int], seed: int) -> SemanticIDs:
@@ -90,10 +90,10 @@ def main() -> None:
     hist = torch.randint(args.items, (B, M), generator=g)
     outcomes = torch.randint(2, (B, M), generator=g)
     ids, mask = history_inputs(vocab, sids.codes, hist, outcomes)
-    beam_kw = dict(num_beams=args.candidates, outcome="like", exclude_items=hist)
+    beam = BeamSearchConfig(num_beams=args.candidates, outcome="like")
 
     def retrieve():
-        return constrained_beam_search(lm, vocab, sids.trie, ids, mask, **beam_kw)
+        return beam.search(lm, vocab, sids.trie, ids, mask, hist)
 
     def rank(states, beams):
         return rank_candidates(
@@ -115,7 +115,11 @@ def main() -> None:
             times["reuse"].append(t)
             naive, t = timed(lambda b=beams: rank_reencode(b))
             times["reencode"].append(t)
-            _, t = timed(lambda: retrieve_and_rank(lm, vocab, sids, head, ids, mask, **beam_kw))
+            _, t = timed(
+                lambda: retrieve_and_rank(
+                    lm, vocab, sids, head, ids, mask, beam=beam, exclude_items=hist
+                )
+            )
             times["retrieve_and_rank"].append(t)
     med = {k: statistics.median(v) * 1000 for k, v in times.items()}
     real = reused.items >= 0

@@ -30,6 +30,10 @@ from torch import nn
 from sid.artifacts import load_artifact, save_artifact
 
 IGNORE = -100
+# Share of the beam log-prob in the dense + beam fusion (`fused_scores`); chosen on the
+# validation split of ML-1M by benchmarks/bench_quality.py, never on test. The one default
+# `evaluate_run`, eval.py and `Recommender` read.
+DENSE_BEAM_WEIGHT = 0.0
 
 
 @dataclass
@@ -230,25 +234,26 @@ def dense_loss(
     return F.cross_entropy(wrapper.dense.scores(hidden[keep]), targets[keep])
 
 
-def fuse_with_beam(
+def fused_scores(
     dense_logits: torch.Tensor,
-    beam_items: torch.Tensor,
-    beam_scores: torch.Tensor,
+    beam_items: torch.Tensor | None = None,
+    beam_scores: torch.Tensor | None = None,
     *,
-    beam_weight: float,
-    k: int,
+    beam_weight: float = DENSE_BEAM_WEIGHT,
     exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Merge dense full-catalogue scores with beam candidates → top-k items LongTensor [B, k].
+    """Dense full-catalogue scores merged with beam candidates → FloatTensor [B, N].
 
-    dense_logits [B, N]; beam_items [B, K] (-1 padded), beam_scores [B, K] (SID log-probs).
-    score = log_softmax(dense) + beam_weight * beam_logp, where an item outside the beam gets
-    the user's lowest returned beam log-prob (an upper bound on its own). exclude [B, M]
-    item indices (-1 padded) never returned.
+    dense_logits [B, N]; beam_items [B, K] (-1 padded), beam_scores [B, K] (SID log-probs),
+    needed only when ``beam_weight`` is not 0. score = log_softmax(dense) + beam_weight *
+    beam_logp, where an item outside the beam gets the user's lowest returned beam log-prob
+    (an upper bound on its own). exclude [B, M] item indices (-1 padded) score -inf.
     """
     B, N = dense_logits.shape
     logp = F.log_softmax(dense_logits.float(), dim=-1)
     if beam_weight:
+        if beam_items is None or beam_scores is None:
+            raise ValueError(f"beam_weight={beam_weight} needs the beam's items and scores")
         finite = torch.isfinite(beam_scores) & (beam_items >= 0)
         floor = beam_scores.masked_fill(~finite, float("inf")).min(dim=1).values
         floor = torch.where(torch.isfinite(floor), floor, torch.zeros_like(floor))
@@ -259,7 +264,23 @@ def fuse_with_beam(
         blocked = torch.zeros(B, N + 1, dtype=torch.bool, device=logp.device)
         blocked.scatter_(1, exclude.where(exclude >= 0, N), True)
         logp = logp.masked_fill(blocked[:, :N], float("-inf"))
-    return logp.topk(min(k, N), dim=-1).indices
+    return logp
+
+
+def fuse_with_beam(
+    dense_logits: torch.Tensor,
+    beam_items: torch.Tensor | None,
+    beam_scores: torch.Tensor | None,
+    *,
+    beam_weight: float = DENSE_BEAM_WEIGHT,
+    k: int,
+    exclude: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Top-k items LongTensor [B, min(k, N)] of :func:`fused_scores` (same arguments)."""
+    logp = fused_scores(
+        dense_logits, beam_items, beam_scores, beam_weight=beam_weight, exclude=exclude
+    )
+    return logp.topk(min(k, logp.shape[1]), dim=-1).indices
 
 
 @torch.no_grad()

@@ -379,6 +379,8 @@ class SIDRecModel:
             from prefixmem import PrefixMem
 
             pm = PrefixMem.from_pretrained(run_dir / "prefixmem")
+            if device is not None:
+                pm.to(device)  # attached after the LM was moved: move it with the LM
             pm.attach(lm, vocab)
             model.prefixmem = pm
         if saved.get("dense", False):

@@ -15,29 +15,29 @@ Candidates never attend to each other, so a candidate's score does not depend on
 candidates are ranked with it, and the order of the input candidates changes nothing.
 
 Serving (:func:`retrieve_and_rank`) runs the beam search once and ranks its candidates by
-``sum_o w_o * P(o)`` (optionally blended with the beam's own probability); the history is
-never encoded a second time.
+``sum_o w_o * P(o)`` blended with the beam's own probability; the history is never encoded a
+second time. Training the head (:func:`sid.ranking_training.train_ranker`, its examples and
+negatives) lives in :mod:`sid.ranking_training`.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import time
-import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import BoolTensor, FloatTensor, LongTensor, nn
 
 from sid.artifacts import load_artifact, save_artifact
+from sid.retrieval import BeamSearchConfig
 from sid.vocab import SIDVocab
 
 NONE_LABEL = "none"
 DEFAULT_OUTCOME_WEIGHTS = {"like": 1.0, "watch": 0.3}
+# Share of the renormalised beam probability in the ranked score (`rank_candidates`); the one
+# default every caller (retrieve_and_rank, evaluate_run, eval.py, Recommender) reads.
+DEFAULT_BEAM_WEIGHT = 0.5
 
 
 # --------------------------------------------------------------------------- config
@@ -61,7 +61,7 @@ class RankingHeadConfig:
         :func:`beam_score_features`): into its residual stream, and through a linear skip to
         the logits that starts as "interaction logit = that log-prob", so an untrained head
         already orders candidates about as retrieval does. Such a head is trained on the beam
-        search's own candidate lists (:func:`train_ranker`).
+        search's own candidate lists (:func:`sid.ranking_training.train_ranker`).
     """
 
     hidden_size: int
@@ -279,7 +279,7 @@ class RankingHead(nn.Module):
         config, state = load_artifact(
             path,
             what="a ranking head directory written by RankingHead.save_pretrained "
-            "(train one with sid.ranking.train_ranker)",
+            "(train one with sid.ranking_training.train_ranker)",
             map_location=map_location,
         )
         head = cls(RankingHeadConfig.from_dict(config))
@@ -403,7 +403,7 @@ def rank_candidates(
     *,
     beam_scores: FloatTensor | None = None,
     outcome_weights: dict[str, float] | None = None,
-    beam_weight: float = 0.0,
+    beam_weight: float = DEFAULT_BEAM_WEIGHT,
     top_k: int | None = None,
     extra: FloatTensor | None = None,
 ) -> RankedOutput:
@@ -416,7 +416,8 @@ def rank_candidates(
         beam_scores: FloatTensor[B, C] retrieval log-probabilities (needed if beam_weight > 0).
         outcome_weights: ``{label: w}``; default ``{"like": 1.0, "watch": 0.3}`` restricted to
             the head's labels (all 1.0 if it knows neither).
-        beam_weight: in [0, 1], share of the renormalised beam probability in the final score.
+        beam_weight: in [0, 1], share of the renormalised beam probability in the final score
+            (default :data:`DEFAULT_BEAM_WEIGHT`; 0 ranks by the head alone).
         top_k: keep the best ``top_k`` (default: all C).
         extra: optional FloatTensor[B, C, E] per-candidate vectors for the head.
 
@@ -430,10 +431,14 @@ def rank_candidates(
         )
     if not 0.0 <= beam_weight <= 1.0:
         raise ValueError(f"beam_weight must be in [0, 1], got {beam_weight}")
-    if (beam_weight > 0 or head.config.score_features) and beam_scores is None:
+    if head.config.score_features and beam_scores is None:
         raise ValueError(
-            "beam_weight > 0 and a head fed retrieval scores need beam_scores (the retrieval "
-            "log-probabilities)"
+            "this head reads the retrieval scores: pass beam_scores (the beam log-probabilities)"
+        )
+    if beam_weight > 0 and beam_scores is None:
+        raise ValueError(
+            f"beam_weight={beam_weight} blends in the beam probability: pass beam_scores, or "
+            "beam_weight=0 to rank by the head alone"
         )
     B, C = items.shape
     k = C if top_k is None else int(top_k)
@@ -492,34 +497,24 @@ def retrieve_and_rank(
     input_ids: LongTensor,
     attention_mask: LongTensor,
     *,
-    num_beams: int = 20,
-    top_k: int | None = None,
-    outcome: str | dict[str, int] | None = None,
-    outcome_weights: dict[str, float] | None = None,
-    beam_weight: float = 0.0,
+    beam: BeamSearchConfig | None = None,
     exclude_items: LongTensor | None = None,
+    outcome_weights: dict[str, float] | None = None,
+    beam_weight: float = DEFAULT_BEAM_WEIGHT,
+    top_k: int | None = None,
 ) -> RankedOutput:
     """Retrieve candidates with ONE constrained beam search, then rank them with the head.
 
     The head reads the beam search's own prefill states (``history_states``); the history is
-    not encoded again. Args as :func:`~sid.retrieval.constrained_beam_search` (``input_ids``
-    LEFT-padded ``[B, T]``; ``outcome`` None / a label / a budget dict) and
-    :func:`rank_candidates`; ``top_k`` is how many ranked items to return out of the
-    ``num_beams`` (or budget-total) candidates, default all of them.
+    not encoded again. ``beam``: the search's options (:class:`~sid.retrieval.BeamSearchConfig`,
+    default ``BeamSearchConfig()``; its states are always kept); ``input_ids`` LEFT-padded ``[B, T]``; ``exclude_items``
+    ``[B, M]`` -1 padded; the rest as :func:`rank_candidates`, where ``top_k`` is how many
+    ranked items to return out of the beam's candidates (default all of them).
     ``result.retrieval`` keeps the retrieval-only order for side-by-side evaluation.
     """
-    from sid.retrieval import constrained_beam_search
-
-    beams = constrained_beam_search(
-        lm,
-        vocab,
-        semantic_ids.trie,
-        input_ids,
-        attention_mask,
-        num_beams=num_beams,
-        outcome=outcome,
-        exclude_items=exclude_items,
-        return_states=True,
+    beam = BeamSearchConfig() if beam is None else beam
+    beams = replace(beam, return_states=True).search(
+        lm, vocab, semantic_ids.trie, input_ids, attention_mask, exclude_items
     )
     ranked = rank_candidates(
         head,
@@ -536,329 +531,3 @@ def retrieve_and_rank(
     )
     ranked.retrieval = beams
     return ranked
-
-
-# --------------------------------------------------------------------------- training
-@dataclass
-class RankingExamples:
-    """Users' train sequences in CSR form; every position t >= 1 is one ranking example.
-
-    offsets: int64 [U + 1]; items, outcomes: int64 [N] (user u: ``[offsets[u], offsets[u+1])``).
-    Example (u, t): history = the user's items before t, positive = item t with its outcome.
-    """
-
-    offsets: np.ndarray
-    items: np.ndarray
-    outcomes: np.ndarray
-
-    @classmethod
-    def from_split(cls, split) -> RankingExamples:
-        """Train part of a :class:`~sid.data.LeaveOneOutSplit` (never its valid/test targets)."""
-        return cls(
-            offsets=np.asarray(split.train_offsets, dtype=np.int64),
-            items=np.asarray(split.train_items, dtype=np.int64),
-            outcomes=np.asarray(split.train_outcomes, dtype=np.int64),
-        )
-
-    def targets(self) -> np.ndarray:
-        """int64 [E]: global positions that have at least one earlier item of the same user."""
-        starts = self.offsets[:-1]
-        is_first = np.zeros(len(self.items), dtype=bool)
-        is_first[starts[starts < len(self.items)]] = True
-        return np.flatnonzero(~is_first)
-
-
-def _examples(examples) -> RankingExamples:
-    if isinstance(examples, RankingExamples):
-        return examples
-    if all(hasattr(examples, a) for a in ("train_offsets", "train_items", "train_outcomes")):
-        return RankingExamples.from_split(examples)
-    raise ValueError(
-        f"examples must be a RankingExamples or a LeaveOneOutSplit, got {type(examples).__name__}"
-    )
-
-
-def train_ranker(
-    head: RankingHead,
-    lm,
-    vocab: SIDVocab,
-    semantic_ids,
-    examples,
-    *,
-    steps: int = 300,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    n_random_negatives: int = 16,
-    n_beam_negatives: int = 8,
-    beam_fn: Callable | None = None,
-    seed: int = 0,
-    max_history: int = 50,
-    beam_outcome: str | None = None,
-    weight_decay: float = 0.01,
-    progress: bool = True,
-    list_oversample: int = 4,
-) -> dict:
-    """Train ``head`` on next-item examples of the train split; the LM stays frozen.
-
-    Each step samples ``batch_size`` examples (user, position t) uniformly over train
-    interactions that have a history, encodes the last ``max_history`` items before t with
-    the frozen LM (no gradient), and scores ``1 + n_beam_negatives + n_random_negatives``
-    candidates per example: the positive (label: its outcome), items from a constrained
-    beam search on the history that are not the positive (label "none"), and uniformly
-    random catalogue items other than the positive (label "none"). Loss: cross-entropy over
-    (outcomes + none), averaged over candidates.
-
-    A head with ``score_features`` (fed the beam log-prob) is trained on exactly what it
-    sees when serving: the beam search's own list of ``n_beam_negatives`` candidates with
-    their beam log-probs, the positive labelled with its outcome where the beam found it and
-    every other candidate "none". Lists that miss the positive teach nothing about ordering
-    and are skipped, so each step beams ``list_oversample * batch_size`` sampled examples and
-    keeps up to ``batch_size`` lists that hold the positive. The beam does not exclude the
-    history here, so the lists are the ones served with the history kept and the head also
-    learns to demote items the user has seen. Random negatives have no beam score, so this
-    mode takes ``n_random_negatives=0``.
-
-    Args:
-        examples: :class:`RankingExamples` or a :class:`~sid.data.LeaveOneOutSplit` (its
-            train part is used).
-        semantic_ids: :class:`~sid.codes.SemanticIDs` (``codes [N, L]``; ``trie`` for beams).
-        beam_fn: ``beam_fn(input_ids, attention_mask, exclude_items) -> BeamSearchOutput``;
-            default: :func:`~sid.retrieval.constrained_beam_search` with
-            ``num_beams=n_beam_negatives`` and ``outcome=beam_outcome`` (default the first
-            outcome label). Its ``history_states`` are reused, so beam negatives add no
-            second history encoding.
-        max_history: most recent items kept per history (the eval histories should use the
-            same window).
-
-    Returns:
-        dict with ``losses`` (per step), ``first_loss``/``final_loss`` (means of the first and
-        last 10% of steps), ``steps``, ``seconds``, ``examples`` (available training positions);
-        with ``score_features`` also ``list_hit_rate`` (share of beamed examples whose list
-        held the positive).
-    """
-    from tqdm.auto import tqdm
-
-    if head.config.outcomes != list(vocab.outcomes):
-        raise ValueError(
-            f"head outcomes {head.config.outcomes} differ from the vocab's {vocab.outcomes}"
-        )
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("max_history", max_history)):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-    if n_random_negatives < 0 or n_beam_negatives < 0:
-        raise ValueError(
-            f"negative counts must be >= 0, got n_random_negatives={n_random_negatives}, "
-            f"n_beam_negatives={n_beam_negatives}"
-        )
-    lists = head.config.score_features > 0
-    if lists and (n_beam_negatives < 2 or n_random_negatives):
-        raise ValueError(
-            "a head fed the beam log-prob (score_features > 0) trains on beam candidate lists: "
-            f"pass n_beam_negatives >= 2 (the list size, got {n_beam_negatives}) and "
-            f"n_random_negatives=0 (random items have no beam score, got {n_random_negatives})"
-        )
-    if list_oversample < 1:
-        raise ValueError(f"list_oversample must be >= 1, got {list_oversample}")
-    data = _examples(examples)
-    positions = data.targets()
-    if len(positions) == 0:
-        raise ValueError("no training examples: every train sequence has fewer than 2 items")
-    codes_table = semantic_ids.codes.cpu()
-    n_items = codes_table.shape[0]
-    if n_items < 2:
-        raise ValueError(f"the catalogue has {n_items} item(s); ranking needs at least 2")
-    if int(data.items.max()) >= n_items:
-        raise ValueError(
-            f"examples hold item index {int(data.items.max())} >= catalogue size {n_items}"
-        )
-    if n_beam_negatives > 0 and beam_fn is None:
-        beam_fn = _default_beam_fn(lm, vocab, semantic_ids, n_beam_negatives, beam_outcome)
-
-    device = head.null_memory.device
-    user_of = np.searchsorted(data.offsets, positions, side="right") - 1
-    starts = torch.from_numpy(data.offsets[user_of])
-    positions_t = torch.from_numpy(positions)
-    all_items, all_outcomes = torch.from_numpy(data.items), torch.from_numpy(data.outcomes)
-    none_class = len(vocab.outcomes)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # dropout
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: (
-            min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))
-        ),
-    )
-    lm_was_training = lm.training
-    lm.eval()
-    req = [p.requires_grad for p in lm.parameters()]
-    for p in lm.parameters():
-        p.requires_grad_(False)
-    head.train()
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc="ranker", disable=not progress)
-    beamed, hits = 0, 0
-
-    def update(loss):
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-
-    try:
-        for _ in bar:
-            pick = torch.randint(
-                len(positions_t), (batch_size * (list_oversample if lists else 1),), generator=gen
-            )
-            pos, start = positions_t[pick], starts[pick]
-            # last max_history items before pos, right-aligned, -1 on the left
-            idx = pos[:, None] - max_history + torch.arange(max_history)
-            ok = idx >= start[:, None]
-            hist_items = all_items[idx.clamp_min(0)].where(ok, -1)
-            hist_out = all_outcomes[idx.clamp_min(0)].where(ok, -1)
-            keep_cols = ok.any(0)  # drop columns that are padding for every row
-            hist_items, hist_out = hist_items[:, keep_cols], hist_out[:, keep_cols]
-            ids, mask = history_inputs(vocab, codes_table, hist_items, hist_out)
-            ids, mask = ids.to(device), mask.to(device)
-            target, target_outcome = all_items[pos], all_outcomes[pos]
-
-            if lists:
-                with torch.no_grad():
-                    # history items stay in the lists (as at serving with the history kept),
-                    # so the head also learns to demote what the user has already seen
-                    beams = beam_fn(ids, mask, None)
-                batch = _beam_list_batch(
-                    beams, target, target_outcome, n_beam_negatives, none_class
-                )
-                beamed, hits = beamed + len(pick), hits + (0 if batch is None else len(batch[0]))
-                if batch is None:  # no list held its positive: nothing to learn from
-                    continue
-                rows, cands, labels, features = (x[:batch_size] for x in batch)
-                rows = rows.to(device)
-                with torch.no_grad():
-                    embeds = candidate_embeddings(
-                        lm, vocab, codes_table[cands.clamp_min(0)].to(device)
-                    )
-                logits = head(
-                    beams.history_states[rows], mask[rows], embeds,
-                    scores=features.to(device),
-                )  # fmt: skip
-                loss = F.cross_entropy(
-                    logits.flatten(0, 1).float(), labels.flatten().to(device), ignore_index=-100
-                )
-                update(loss)
-                continue
-            with torch.no_grad():
-                cands = [target[:, None]]
-                states = None
-                if n_beam_negatives > 0:
-                    beams = beam_fn(ids, mask, hist_items.to(device))
-                    states = beams.history_states
-                    beam_items = beams.items[:, :n_beam_negatives].cpu()
-                    if beam_items.shape[1] < n_beam_negatives:
-                        beam_items = F.pad(
-                            beam_items, (0, n_beam_negatives - beam_items.shape[1]), value=-1
-                        )
-                    # a beam that found the positive (or found nothing) becomes a random item
-                    bad = (beam_items < 0) | (beam_items == target[:, None])
-                    filler = _random_other(target, n_beam_negatives, n_items, gen)
-                    cands.append(beam_items.where(~bad, filler))
-                if n_random_negatives > 0:
-                    cands.append(_random_other(target, n_random_negatives, n_items, gen))
-                cands = torch.cat(cands, 1)  # [B, C]
-                if states is None:
-                    states = encode_history(lm, ids, mask)
-                embeds = candidate_embeddings(lm, vocab, codes_table[cands].to(device))
-            labels = torch.full(cands.shape, none_class, dtype=torch.long)
-            labels[:, 0] = target_outcome
-            logits = head(states, mask, embeds)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().to(device))
-            update(loss)
-    finally:
-        for p, r in zip(lm.parameters(), req, strict=True):
-            p.requires_grad_(r)
-        lm.train(lm_was_training)
-        head.eval()
-    if not losses:
-        # the head keeps its start (the beam's own order); the LM's run is not lost over it
-        warnings.warn(
-            f"ranking head not trained: no beam list of {n_beam_negatives} candidates held its "
-            f"positive in {beamed} sampled examples (train the LM further or use longer lists); "
-            "it keeps its initial beam-log-prob ordering",
-            stacklevel=2,
-        )
-    n = max(1, len(losses) // 10)
-    stats = {
-        "losses": losses,
-        "first_loss": float(np.mean(losses[:n])) if losses else None,
-        "final_loss": float(np.mean(losses[-n:])) if losses else None,
-        "steps": len(losses),
-        "seconds": time.perf_counter() - t0,
-        "examples": int(len(positions)),
-    }
-    if lists:
-        stats["list_hit_rate"] = hits / max(1, beamed)
-    return stats
-
-
-def _beam_list_batch(beams, target, target_outcome, size: int, none_class: int):
-    """The rows of a beam search whose list holds the positive, as a training batch.
-
-    Returns None when no row does, else (rows LongTensor[b], candidates LongTensor[b, size]
-    (-1 = no candidate), labels LongTensor[b, size] (the positive's outcome, "none" for the
-    other candidates, -100 for missing ones), features FloatTensor[b, size, 1]).
-    """
-    items = beams.items[:, :size].cpu()
-    scores = beams.scores[:, :size].float().cpu()
-    if items.shape[1] < size:
-        pad = size - items.shape[1]
-        items = F.pad(items, (0, pad), value=-1)
-        scores = F.pad(scores, (0, pad), value=float("-inf"))
-    is_pos = items == target[:, None]
-    rows = is_pos.any(1).nonzero().flatten()
-    if len(rows) == 0:
-        return None
-    items, scores, is_pos = items[rows], scores[rows], is_pos[rows]
-    valid = items >= 0
-    labels = torch.full(items.shape, none_class, dtype=torch.long)
-    labels = labels.where(~is_pos, target_outcome[rows][:, None]).where(valid, -100)
-    return rows, items, labels, beam_score_features(scores, valid)
-
-
-def _random_other(target: LongTensor, n: int, n_items: int, gen: torch.Generator) -> LongTensor:
-    """[B, n] uniform random items, never the row's target (shifted past it)."""
-    offset = torch.randint(1, n_items, (target.shape[0], n), generator=gen)
-    return (target[:, None] + offset) % n_items
-
-
-def _default_beam_fn(lm, vocab, semantic_ids, num_beams: int, outcome: str | None):
-    from sid.retrieval import constrained_beam_search
-
-    trie = getattr(semantic_ids, "trie", None)
-    if trie is None:
-        raise ValueError(
-            "n_beam_negatives > 0 needs semantic_ids.trie (a SemanticIDs) or a beam_fn; "
-            "pass n_beam_negatives=0 to train with random negatives only"
-        )
-    outcome = vocab.outcomes[0] if outcome is None else outcome
-    vocab.outcome_id(outcome)
-
-    def beam_fn(input_ids, attention_mask, exclude_items):
-        return constrained_beam_search(
-            lm,
-            vocab,
-            trie,
-            input_ids,
-            attention_mask,
-            num_beams=num_beams,
-            outcome=outcome,
-            exclude_items=exclude_items,
-            return_states=True,
-        )
-
-    return beam_fn

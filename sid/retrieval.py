@@ -154,9 +154,10 @@ def _check_inputs(vocab, trie, input_ids, attention_mask) -> None:
 
 
 def _outcome_plan(vocab, outcome, num_beams, top_k):
-    """→ (labels, counts or None, beams per branch, K returned)."""
-    if num_beams < 1:
-        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    """→ (labels, counts or None, beams per branch, K returned). ``vocab=None`` checks the
+    shape of the request only (labels are checked once a vocabulary is at hand)."""
+    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+        raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
     if isinstance(outcome, dict):
         if not outcome:
             raise ValueError("outcome budget dict is empty; pass e.g. {'like': 15, 'watch': 5}")
@@ -164,9 +165,12 @@ def _outcome_plan(vocab, outcome, num_beams, top_k):
         counts = [int(outcome[o]) for o in labels]
         if any(c < 0 for c in counts):
             raise ValueError(f"outcome budget counts must be >= 0, got {outcome}")
-        for o in labels:
-            vocab.outcome_id(o)
         total = sum(counts)
+        if total < 1:
+            raise ValueError(f"outcome budget {outcome} asks for no candidates at all")
+        if vocab is not None:
+            for o in labels:
+                vocab.outcome_id(o)
         if top_k is not None and top_k != total:
             raise ValueError(
                 f"top_k={top_k} disagrees with the outcome budget {outcome} (total {total}); "
@@ -180,9 +184,63 @@ def _outcome_plan(vocab, outcome, num_beams, top_k):
     if outcome is None:
         return [None], None, num_beams, k
     if isinstance(outcome, str):
-        vocab.outcome_id(outcome)
+        if vocab is not None:
+            vocab.outcome_id(outcome)
         return [outcome], None, num_beams, k
     raise ValueError(f"outcome must be None, a label or a {{label: count}} dict, got {outcome!r}")
+
+
+@dataclass(frozen=True)
+class BeamSearchConfig:
+    """The options of one :func:`constrained_beam_search`, validated when built; the ONE place
+    their defaults live (the function's keyword defaults are read from here).
+
+    num_beams: beams per (user, outcome).
+    top_k: candidates returned per user (None: ``num_beams``; with a budget: its total).
+    outcome: None (decode right after the history), a label (append its token) or a budget
+        ``{"like": 15, "watch": 5}`` (candidates per outcome).
+    return_states: also return the history's last hidden states (for the ranking head).
+
+    The per-batch ``exclude_items`` tensor is data, not an option: :meth:`search` takes it.
+    """
+
+    num_beams: int = 20
+    top_k: int | None = None
+    outcome: str | dict[str, int] | None = None
+    return_states: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.outcome, dict):
+            object.__setattr__(self, "outcome", dict(self.outcome))  # the caller's dict may change
+        _outcome_plan(None, self.outcome, self.num_beams, self.top_k)
+
+    @property
+    def num_candidates(self) -> int:
+        """``K``: columns of the result (the budget total, ``top_k`` or ``num_beams``)."""
+        return _outcome_plan(None, self.outcome, self.num_beams, self.top_k)[3]
+
+    def search(
+        self,
+        lm,
+        vocab: SIDVocab,
+        trie,
+        input_ids: LongTensor,
+        attention_mask: LongTensor,
+        exclude_items: LongTensor | None = None,
+    ) -> BeamSearchOutput:
+        """:func:`constrained_beam_search` with these options."""
+        return constrained_beam_search(
+            lm,
+            vocab,
+            trie,
+            input_ids,
+            attention_mask,
+            num_beams=self.num_beams,
+            top_k=self.top_k,
+            outcome=self.outcome,
+            exclude_items=exclude_items,
+            return_states=self.return_states,
+        )
 
 
 # --------------------------------------------------------------------------- KV strategies
@@ -317,13 +375,16 @@ def constrained_beam_search(
     input_ids: LongTensor,
     attention_mask: LongTensor,
     *,
-    num_beams: int = 20,
-    top_k: int | None = None,
-    outcome: str | dict[str, int] | None = None,
+    num_beams: int = BeamSearchConfig.num_beams,
+    top_k: int | None = BeamSearchConfig.top_k,
+    outcome: str | dict[str, int] | None = BeamSearchConfig.outcome,
     exclude_items: LongTensor | None = None,
-    return_states: bool = True,
+    return_states: bool = BeamSearchConfig.return_states,
 ) -> BeamSearchOutput:
     """Decode the top SIDs of every user under the prefix trie.
+
+    The options are :class:`BeamSearchConfig`'s (its defaults); ``config.search(...)`` calls
+    this function with a config's values.
 
     Args:
         lm: a causal LM (``base_model``, ``get_input_embeddings``, ``get_output_embeddings``)

@@ -3,9 +3,9 @@ shown by --help and taken from the one place it lives; run directories are locke
 reports are marked."""
 
 import dataclasses
-import json
 import importlib.util
 import inspect
+import json
 import re
 from pathlib import Path
 

@@ -5,11 +5,13 @@ from test_training import cyclic_data, synthetic_sids
 
 from sid.data import leave_one_out
 from sid.dense import (
+    DENSE_BEAM_WEIGHT,
     IGNORE,
     DenseConfig,
     DenseRetrieval,
     dense_targets,
     fuse_with_beam,
+    fused_scores,
 )
 from sid.model import SIDRecModel
 from sid.training import build_train_windows, joint_dense_loss
@@ -75,6 +77,28 @@ def test_fusion_adds_weighted_beam_log_prob_with_a_floor(setup):
     assert fuse_with_beam(dense, items, scores, beam_weight=1.0, k=2, exclude=ex).tolist() == [
         [0, 1]
     ]
+
+
+def test_fused_scores_are_what_fusion_ranks_and_excluded_items_score_minus_inf(setup):
+    import inspect
+
+    dense = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1]]))
+    items = torch.tensor([[2, 3, -1]])
+    scores = torch.tensor([[-0.1, -2.0, float("-inf")]])
+    ex = torch.tensor([[1, -1]])
+    s = fused_scores(dense, items, scores, beam_weight=1.0, exclude=ex)
+    # items 0 and 3 get the floor (-2.0, the lowest beam log-prob), item 2 its own -0.1
+    expect = torch.log(torch.tensor([0.4, 0.2, 0.1])) + torch.tensor([-2.0, -0.1, -2.0])
+    assert torch.allclose(s[0, [0, 2, 3]], expect)
+    assert torch.isneginf(s[0, 1])
+    top = fuse_with_beam(dense, items, scores, beam_weight=1.0, k=3, exclude=ex)
+    assert torch.equal(top, s.topk(3).indices)
+    # the dense head alone needs no beam; a weighted beam does
+    assert torch.allclose(fused_scores(dense), dense.log_softmax(-1))
+    with pytest.raises(ValueError, match="needs the beam's items and scores"):
+        fused_scores(dense, beam_weight=0.5)
+    for fn in (fused_scores, fuse_with_beam):
+        assert inspect.signature(fn).parameters["beam_weight"].default == DENSE_BEAM_WEIGHT
 
 
 def test_save_load_and_detach_round_trip(tmp_path, setup):

@@ -55,7 +55,13 @@ def test_train_then_eval_writes_a_complete_run_and_report(dataset, tmp_path, cap
     assert results["validity"]["duplicate_rate"] == 0
     assert len(results["per_level_accuracy"]["teacher_forced"]) == 3  # 2 levels + collision
     assert "retrieval+ranking" in results
-    for name in ["metrics.json", "report.md", "per_level_accuracy.png", "codebook_utilisation.png"]:
+    for name in [
+        "metrics.json",
+        "report.md",
+        "per_level_accuracy.png",
+        "codebook_usage.png",
+        "recall_at_k.png",
+    ]:
         assert (run_dir / "report" / name).exists()
     assert "| retrieval |" in (run_dir / "report" / "report.md").read_text()
     table = compare_runs([run_dir, run_dir])

@@ -5,7 +5,7 @@ from conftest import random_codes, tiny_llama, unique_semantic_ids, word_tokeniz
 from torch import nn
 
 from sid.ranking import (
-    RankingExamples,
+    DEFAULT_BEAM_WEIGHT,
     RankingHead,
     RankingHeadConfig,
     candidate_embeddings,
@@ -13,9 +13,9 @@ from sid.ranking import (
     history_inputs,
     rank_candidates,
     retrieve_and_rank,
-    train_ranker,
 )
-from sid.retrieval import constrained_beam_search
+from sid.ranking_training import RankingExamples, train_ranker
+from sid.retrieval import BeamSearchConfig, constrained_beam_search
 from sid.vocab import SIDVocab
 
 OUTCOMES = ["like", "watch"]
@@ -160,7 +160,8 @@ def test_returned_order_is_argsort_of_final_scores_and_candidate_permutation_cha
 
     # the order is the argsort of each candidate's own final score, computed one at a time
     alone = torch.cat(
-        [rank_candidates(head, lm, vocab, sids, states, mask, items[:, j : j + 1]).rank_scores
+        [rank_candidates(head, lm, vocab, sids, states, mask, items[:, j : j + 1],
+                         beam_weight=0.0).rank_scores
          for j in range(12)], 1,
     )  # fmt: skip
     beam_p = beam.masked_fill(items < 0, float("-inf")).softmax(-1)
@@ -184,10 +185,10 @@ def test_retrieve_and_rank_reuses_the_prefill_states_without_a_second_history_fo
     lm, vocab, sids = make_setup()
     head = make_head()
     ids, mask, hist = make_histories(vocab, sids, [5, 3])
-    kw = dict(num_beams=8, outcome="like", exclude_items=hist)
+    beam = BeamSearchConfig(num_beams=8, outcome="like")
 
     alone = CountForwards(lm)
-    beams = constrained_beam_search(lm, vocab, sids.trie, ids, mask, **kw)
+    beams = beam.search(lm, vocab, sids.trie, ids, mask, hist)
     alone.handle.remove()
 
     seen = {}
@@ -199,7 +200,7 @@ def test_retrieve_and_rank_reuses_the_prefill_states_without_a_second_history_fo
 
     head.forward = spy
     both = CountForwards(lm)
-    out = retrieve_and_rank(lm, vocab, sids, head, ids, mask, **kw)
+    out = retrieve_and_rank(lm, vocab, sids, head, ids, mask, beam=beam, exclude_items=hist)
     both.handle.remove()
 
     T = ids.shape[1]
@@ -248,7 +249,9 @@ def test_outcome_weights_reorder_candidates_where_like_and_watch_disagree():
     head = _ReadoutHead()
 
     def order(weights):
-        out = rank_candidates(head, lm, vocab, sids, states, mask, items, outcome_weights=weights)
+        out = rank_candidates(
+            head, lm, vocab, sids, states, mask, items, outcome_weights=weights, beam_weight=0.0
+        )
         return out.items[0].tolist(), out
 
     like_first, out = order({"like": 1.0, "watch": 0.3})
@@ -268,13 +271,14 @@ def test_save_then_load_gives_identical_scores(tmp_path):
     lm, vocab, sids = make_setup()
     head = make_head(seed=3)
     ids, mask, hist = make_histories(vocab, sids, [4, 2])
-    before = retrieve_and_rank(lm, vocab, sids, head, ids, mask, num_beams=6, outcome="like")
+    beam = BeamSearchConfig(num_beams=6, outcome="like")
+    before = retrieve_and_rank(lm, vocab, sids, head, ids, mask, beam=beam)
     head.save_pretrained(tmp_path / "ranker")
     head.save_pretrained(tmp_path / "ranker")  # overwriting an existing artifact works
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ranker"]
     loaded = RankingHead.from_pretrained(tmp_path / "ranker")
     assert loaded.config == head.config
-    after = retrieve_and_rank(lm, vocab, sids, loaded, ids, mask, num_beams=6, outcome="like")
+    after = retrieve_and_rank(lm, vocab, sids, loaded, ids, mask, beam=beam)
     assert torch.equal(after.items, before.items)
     assert torch.equal(after.final_scores, before.final_scores)
     with pytest.raises(FileNotFoundError, match="config.json"):
@@ -314,7 +318,7 @@ def test_training_lowers_the_loss_and_ranks_items_of_the_users_taste_first():
     with torch.no_grad():
         states = encode_history(lm, ids, mask)
     cands = torch.cat([others, true[:, None]], 1)
-    out = rank_candidates(head, lm, vocab, sids, states, mask, cands)
+    out = rank_candidates(head, lm, vocab, sids, states, mask, cands, beam_weight=0.0)
     assert (out.items[:, 0] == true).float().mean() >= 0.75  # chance: 0.25
     # the predicted outcome of the true item follows the parity of its last code
     p_true = out.probs[torch.arange(24), (out.items == true[:, None]).int().argmax(1)]
@@ -363,12 +367,14 @@ def test_bad_inputs_raise_value_errors_that_name_the_value():
     head = make_head()
     ids, mask, _ = make_histories(vocab, sids, [3])
     states = torch.zeros(1, ids.shape[1], 32)
+    alone = dict(beam_weight=0.0)  # no beam scores to blend in
     with pytest.raises(ValueError, match="top_k=5"):
-        rank_candidates(head, lm, vocab, sids, states, mask, torch.tensor([[1, 2]]), top_k=5)
-    with pytest.raises(ValueError, match="beam_scores"):
-        rank_candidates(head, lm, vocab, sids, states, mask, torch.tensor([[1]]), beam_weight=0.5)
+        rank_candidates(head, lm, vocab, sids, states, mask, torch.tensor([[1, 2]]), top_k=5,
+                        **alone)  # fmt: skip
+    with pytest.raises(ValueError, match="pass beam_scores, or beam_weight=0"):
+        rank_candidates(head, lm, vocab, sids, states, mask, torch.tensor([[1]]))
     with pytest.raises(ValueError, match="catalogue size 30"):
-        rank_candidates(head, lm, vocab, sids, states, mask, torch.tensor([[1, 30]]))
+        rank_candidates(head, lm, vocab, sids, states, mask, torch.tensor([[1, 30]]), **alone)
 
 
 # ------------------------------------------------------- head fed the beam log-prob
@@ -474,7 +480,9 @@ def test_list_training_learns_from_the_beams_own_lists_and_beats_the_beam_order(
         pool = rng.choice(np.flatnonzero(group == g), size=5, replace=False)
         hist, target = torch.from_numpy(pool[:4])[None], int(pool[4])
         ids, mask = history_inputs(vocab, codes, hist, codes[hist, -1] % 2)
-        out = retrieve_and_rank(lm, vocab, sids, head, ids, mask, num_beams=12, outcome="like")
+        out = retrieve_and_rank(
+            lm, vocab, sids, head, ids, mask, beam=BeamSearchConfig(num_beams=12, outcome="like")
+        )
         beam_items = out.retrieval.items[0].tolist()
         if target not in beam_items:
             continue
@@ -517,3 +525,19 @@ def test_list_training_without_any_hit_warns_and_keeps_the_beam_order():
         )  # fmt: skip
     assert stats["steps"] == 0 and stats["list_hit_rate"] == 0.0
     assert all(torch.equal(before[k], v) for k, v in head.state_dict().items())
+
+
+def test_each_default_lives_in_one_place():
+    import inspect
+
+    from sid.evaluation import evaluate_run
+
+    def default(fn, name):
+        return inspect.signature(fn).parameters[name].default
+
+    # the values train.py and eval.py use, read from the library signatures
+    assert default(train_ranker, "n_beam_negatives") == 16
+    assert default(train_ranker, "n_random_negatives") == 4
+    assert DEFAULT_BEAM_WEIGHT == 0.5
+    for fn in (rank_candidates, retrieve_and_rank, evaluate_run):
+        assert default(fn, "beam_weight") == DEFAULT_BEAM_WEIGHT, fn.__name__

@@ -6,7 +6,11 @@ from hypothesis import strategies as st
 
 import sid.retrieval as retrieval
 from sid.codes import PrefixTrie
-from sid.retrieval import constrained_beam_search, teacher_forced_level_correct
+from sid.retrieval import (
+    BeamSearchConfig,
+    constrained_beam_search,
+    teacher_forced_level_correct,
+)
 from sid.vocab import SIDVocab
 
 OUTCOMES = ["like", "watch"]
@@ -288,6 +292,51 @@ def test_bad_arguments_raise_value_errors():
         constrained_beam_search(
             lm, SIDVocab.from_dict({**vocab.to_dict(), "codebook_sizes": [4, 4]}), trie, ids, mask
         )
+
+
+def test_beam_search_config_holds_the_defaults_and_refuses_bad_options():
+    import dataclasses
+    import inspect
+
+    params = inspect.signature(constrained_beam_search).parameters
+    for f in dataclasses.fields(BeamSearchConfig):
+        assert params[f.name].default == f.default, f.name  # one source for each default
+    cfg = BeamSearchConfig()
+    assert (cfg.num_beams, cfg.top_k, cfg.outcome, cfg.return_states) == (20, None, None, True)
+    assert cfg.num_candidates == 20
+    assert BeamSearchConfig(num_beams=8, outcome={"like": 3, "watch": 2}).num_candidates == 5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.num_beams = 3
+    budget = {"like": 2}
+    held = BeamSearchConfig(outcome=budget)
+    budget["like"] = 9  # the config keeps its own copy
+    assert held.outcome == {"like": 2}
+    for bad, message in [
+        (dict(num_beams=0), "num_beams must be an int >= 1"),
+        (dict(num_beams=4, top_k=5), r"top_k=5 must be in \[1, num_beams=4\]"),
+        (dict(outcome={}), "budget dict is empty"),
+        (dict(outcome={"like": -1}), "counts must be >= 0"),
+        (dict(outcome={"like": 2}, top_k=3), "disagrees with the outcome budget"),
+        (dict(outcome=3), "outcome must be None, a label"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            BeamSearchConfig(**bad)
+
+
+def test_config_search_equals_the_keyword_call():
+    lm, vocab, trie, codes = make_setup((4, 3), 12, seed=5)
+    ids, mask, items = make_histories(vocab, codes, [3, 1], seed=5)
+    exclude = torch.stack([items[0], torch.cat([items[1], torch.full((2,), -1)])])
+    cfg = BeamSearchConfig(num_beams=6, top_k=4, outcome="watch", return_states=False)
+    a = cfg.search(lm, vocab, trie, ids, mask, exclude)
+    b = constrained_beam_search(
+        lm, vocab, trie, ids, mask, num_beams=6, top_k=4, outcome="watch",
+        exclude_items=exclude, return_states=False,
+    )  # fmt: skip
+    assert torch.equal(a.items, b.items) and torch.equal(a.scores, b.scores)
+    assert a.history_states is None and a.items.shape == (2, 4)
+    with pytest.raises(ValueError, match="'click'"):
+        BeamSearchConfig(outcome="click").search(lm, vocab, trie, ids, mask)
 
 
 def test_prefix_codes_reach_an_embedding_that_accepts_them(strategy):

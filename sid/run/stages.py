@@ -414,6 +414,13 @@ def run_training(
             "codebook_health": health if health is not None else old.get("codebook_health"),
             "training": train_stats if train_stats is not None else old.get("training"),
             "ranker": ranker_stats if ranker_stats is not None else old.get("ranker"),
+            # what Recommender serves by default: the most frequent train outcome
+            "serving": {"outcome": most_frequent_outcome(split)},
+            "trained_at": (
+                time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                if train_stats is not None
+                else old.get("trained_at")
+            ),
         }
         write_json_atomic(run.staging / "config.json", config)
         new_model = "model" in run.pending
@@ -481,6 +488,13 @@ def check_codebook_capacity(sizes: list[int], n_items: int, sargs: SIDArguments)
         )
 
 
+def most_frequent_outcome(split: LeaveOneOutSplit) -> str:
+    """The outcome served when none is asked for; from train interactions only (the targets'
+    own outcomes would leak)."""
+    counts = np.bincount(split.train_outcomes, minlength=len(split.data.outcome_labels))
+    return split.data.outcome_labels[int(counts.argmax())]
+
+
 def ranker_stage(
     run: RunDir,
     rec,
@@ -516,7 +530,6 @@ def ranker_stage(
     )
     rec.lm.eval()
     # beams under the outcome eval.py serves by default: the most frequent train outcome
-    counts = np.bincount(split.train_outcomes, minlength=len(split.data.outcome_labels))
     stats = train_ranker(
         head,
         rec.lm,
@@ -528,7 +541,7 @@ def ranker_stage(
         max_history=margs.max_items,
         n_beam_negatives=margs.ranker_beam_negatives,
         n_random_negatives=0 if margs.ranker_features else margs.ranker_random_negatives,
-        beam_outcome=split.data.outcome_labels[int(counts.argmax())],
+        beam_outcome=most_frequent_outcome(split),
     )
     head.save_pretrained(run.staging / "ranker")
     # which model the head was trained on: eval refuses a head that belongs to another model

@@ -4,8 +4,8 @@
 
 Every model sees the same leave-one-out split of `load_builtin(--dataset)` (last item = test
 target, second to last = validation target), is scored by full ranking over the whole
-catalogue, and is reported twice: with the user's history items kept as candidates (the
-protocol of the SASRec/HSTU papers) and with them excluded.
+catalogue, and is reported twice: with the user's history items excluded (the protocol
+behind the published ML-1M figures, the headline) and with them kept as candidates.
 
 - SASRec-CE: item-ID embeddings + learned positions, causal self-attention blocks, output tied
   to the item embeddings, cross-entropy over *all* items at every position (no sampled

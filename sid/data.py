@@ -148,6 +148,12 @@ class LeaveOneOutSplit:
             )
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
 
+    def most_frequent_train_outcome(self) -> str:
+        """The most frequent outcome of the train interactions: what evaluation and serving
+        condition on by default (the targets' own outcomes would leak the label)."""
+        counts = np.bincount(self.train_outcomes, minlength=len(self.data.outcome_labels))
+        return self.data.outcome_labels[int(counts.argmax())]
+
     def targets(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(items [U'], outcomes [U']) of the `split` targets."""
         if split == "valid":

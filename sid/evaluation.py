@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sid import metrics as M
@@ -80,13 +81,6 @@ def history_batch(
     return batch.input_ids, batch.attention_mask, batch.seen
 
 
-def train_outcome(split: LeaveOneOutSplit) -> str:
-    """The most frequent outcome of the train interactions: what evaluation conditions on by
-    default (the gold outcome would leak the label)."""
-    counts = np.bincount(split.train_outcomes, minlength=len(split.data.outcome_labels))
-    return split.data.outcome_labels[int(counts.argmax())]
-
-
 def evaluate_run(
     run_dir: str | os.PathLike,
     *,
@@ -133,7 +127,7 @@ def evaluate_run(
             "the run was trained on other data"
         )
     if outcome is None:
-        outcome = train_outcome(split)
+        outcome = split.most_frequent_train_outcome()
     rec.vocab.outcome_id(outcome)  # unknown label → clear error before any work
     beam = replace(beam, outcome=outcome)
     ranker = recommender.ranker
@@ -151,6 +145,7 @@ def evaluate_run(
     ranked, beam_codes, reranked, level_correct = [], [], [], []
     dense_ranked, fused_ranked, dense_deep = [], [], []
     batch_seconds, batch_sizes, rank_seconds = [], [], 0.0
+    seen_items = []  # [b, M] history items per batch, -1 padded
     starts = range(0, len(users), batch_size)
     with torch.inference_mode():
         for start in tqdm(starts, desc="eval", unit="batch", mininterval=1, leave=False):
@@ -166,15 +161,18 @@ def evaluate_run(
                 beam_weight=beam_weight,
                 outcome_weights=outcome_weights,
             )
+            seen_items.append(seen)
             batch_seconds.append(found.beam_seconds)
             batch_sizes.append(len(batch))
             rank_seconds += found.rank_seconds
             ranked.append(found.beams.items.cpu())
             beam_codes.append(found.beams.codes.cpu())
             if found.dense_logits is not None:
-                dense_ranked.append(found.dense_top(top_k)[1].cpu())
+                # one top-k at the curve's depth; its first top_k columns are the dense ranking
+                deep = found.dense_top(max(top_k, CURVE_DEPTH))[1].cpu()
+                dense_ranked.append(deep[:, :top_k])
+                dense_deep.append(deep[:, :CURVE_DEPTH])
                 fused_ranked.append(found.dense_top(top_k, beam_weight=dense_beam_weight)[1].cpu())
-                dense_deep.append(found.dense_top(CURVE_DEPTH)[1].cpu())
             if found.ranked is not None:
                 reranked.append(found.ranked.items.cpu())
             level_correct.append(
@@ -219,10 +217,11 @@ def evaluate_run(
     if reranked:
         results["latency"]["ranking_share"] = rank_seconds / (sum(batch_seconds) + rank_seconds)
     histories = None
-    if exclude_history:
-        histories = left_pad(
-            [torch.as_tensor(split.history(u, split_name)[0]) for u in users.tolist()], -1
-        )[0]
+    if exclude_history:  # the batches' history items, padded to one width
+        width = max(int(x.shape[1]) for x in seen_items)
+        histories = torch.cat(
+            [F.pad(x.cpu(), (width - x.shape[1], 0), value=-1) for x in seen_items]
+        )
     popular = M.popularity_ranking(
         split.train_items,
         num_items=split.data.num_items,

@@ -9,7 +9,7 @@ import torch
 from conftest import pipeline_options, write_cycle_dataset
 
 from sid import metrics as M
-from sid.evaluation import evaluate_run, history_batch, load_run_data, train_outcome
+from sid.evaluation import evaluate_run, history_batch, load_run_data
 from sid.recommender import METHODS, Recommender, left_pad
 from sid.retrieval import BeamSearchConfig
 
@@ -53,7 +53,7 @@ def test_from_run_loads_every_part_and_exposes_the_catalogue(recommender, split)
     assert recommender.methods == METHODS  # ranker and dense head both trained
     assert recommender.default_method == "beam+ranking"
     assert recommender.max_items == 6  # the run's history window (config.json model.max_items)
-    assert recommender.default_outcome == train_outcome(split) == "click"
+    assert recommender.default_outcome == split.most_frequent_train_outcome() == "click"
     fingerprint = json.loads((recommender.run_dir / "model" / "sid_vocab.json").read_text())
     assert recommender.model_fingerprint == fingerprint["model_fingerprint"]
 

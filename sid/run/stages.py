@@ -415,7 +415,7 @@ def run_training(
             "training": train_stats if train_stats is not None else old.get("training"),
             "ranker": ranker_stats if ranker_stats is not None else old.get("ranker"),
             # what Recommender serves by default: the most frequent train outcome
-            "serving": {"outcome": most_frequent_outcome(split)},
+            "serving": {"outcome": split.most_frequent_train_outcome()},
             "trained_at": (
                 time.strftime("%Y-%m-%dT%H:%M:%S%z")
                 if train_stats is not None
@@ -488,13 +488,6 @@ def check_codebook_capacity(sizes: list[int], n_items: int, sargs: SIDArguments)
         )
 
 
-def most_frequent_outcome(split: LeaveOneOutSplit) -> str:
-    """The outcome served when none is asked for; from train interactions only (the targets'
-    own outcomes would leak)."""
-    counts = np.bincount(split.train_outcomes, minlength=len(split.data.outcome_labels))
-    return split.data.outcome_labels[int(counts.argmax())]
-
-
 def ranker_stage(
     run: RunDir,
     rec,
@@ -541,7 +534,7 @@ def ranker_stage(
         max_history=margs.max_items,
         n_beam_negatives=margs.ranker_beam_negatives,
         n_random_negatives=0 if margs.ranker_features else margs.ranker_random_negatives,
-        beam_outcome=most_frequent_outcome(split),
+        beam_outcome=split.most_frequent_train_outcome(),
     )
     head.save_pretrained(run.staging / "ranker")
     # which model the head was trained on: eval refuses a head that belongs to another model

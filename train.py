@@ -4,7 +4,14 @@ r"""Train a generative recommender: data → embeddings → SID tokenizer → (P
     python train.py --dataset movielens-1m --model smollm2-135m --run_dir runs/ml1m-smollm2
     python train.py --dataset inter.csv --items items.csv --user_col user --item_col item \
         --time_col ts --text_cols title,genres --run_dir runs/mine
-    accelerate launch train.py --preset ml1m          # several GPUs/processes, same code
+    accelerate launch train.py --preset ml1m          # several GPUs, same code
+    accelerate launch --multi_gpu --num_processes 2 train.py --preset quickstart  # 2 CPU ranks
+
+Every option of Hugging Face's TrainingArguments is a flag of its own (--gradient_checkpointing,
+--fsdp/--fsdp_config, --deepspeed, --report_to, --bf16, --optim, --label_smoothing_factor …),
+with this toolkit's defaults; --epochs, --lr, --batch_size, --grad_accum, --warmup are short
+names for --num_train_epochs, --learning_rate, --per_device_train_batch_size,
+--gradient_accumulation_steps, --warmup_steps.
 
 Own data: the interactions file needs the columns named by --user_col, --item_col and
 --time_col (defaults below); the items file --items_item_col and --text_cols. A preset sets

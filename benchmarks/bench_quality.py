@@ -427,7 +427,7 @@ def train_ours(split, sids, args, run_dir: Path):
     """Tiny Llama on SID tokens; with --dense, item-ID embeddings + dense head, joint loss."""
     from sid.dense import DenseConfig, DenseRetrieval
     from sid.model import SIDRecModel
-    from sid.training import build_train_windows, make_trainer, make_training_arguments
+    from sid.training import build_train_windows, make_trainer, training_arguments
 
     torch.manual_seed(args.seed)
     rec = SIDRecModel.build("tiny", sids, split.data.outcome_labels)
@@ -441,21 +441,17 @@ def train_ours(split, sids, args, run_dir: Path):
     train = build_train_windows(
         split, sids, rec.vocab, max_items=args.max_items, stride=args.stride
     )
-    targs = make_training_arguments(
+    targs = training_arguments(
         run_dir / "checkpoints",
-        epochs=args.ours_epochs,
+        num_train_epochs=args.ours_epochs,
         max_steps=args.ours_max_steps,
-        batch_size=args.ours_batch_size,
-        grad_accum=1,
-        lr=args.ours_lr,
-        warmup_ratio=0.05,
-        weight_decay=0.01,
-        save_steps=10**9,
-        eval_steps=10**9,
+        per_device_train_batch_size=args.ours_batch_size,
+        learning_rate=args.ours_lr,
+        save_strategy="no",
+        eval_strategy="no",
         logging_steps=50,
         seed=args.seed,
-        precision="fp32",
-        has_eval=False,
+        bf16=False,
     )
     trainer = make_trainer(rec.lm, train, None, targs, rec.tokenizer.pad_token_id)
     start = time.perf_counter()

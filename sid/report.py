@@ -42,7 +42,16 @@ KEY_OPTIONS = {
     "data": ("dataset", "min_length", "embedding_model", "embeddings"),
     "sid": ("sid_tokenizer", "codebook_sizes", "collision_policy", "sid_epochs"),
     "model": ("model", "max_items", "prefixmem", "ranker", "dense"),
-    "run": ("preset", "epochs", "max_steps", "batch_size", "lr", "seed", "precision"),
+    "run": ("preset",),
+    "training_arguments": (
+        "num_train_epochs",
+        "max_steps",
+        "per_device_train_batch_size",
+        "learning_rate",
+        "lr_scheduler_type",
+        "seed",
+        "bf16",
+    ),
 }
 
 

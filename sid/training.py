@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
+from transformers import TrainingArguments
+from transformers.trainer_utils import IntervalStrategy, SchedulerType
 
 from sid.codes import SemanticIDs
 from sid.data import LeaveOneOutSplit
@@ -166,76 +168,136 @@ def tokens_per_epoch(columns: dict[str, list]) -> int:
     return int(sum(len(x) for x in columns["input_ids"]))
 
 
-def make_training_arguments(
-    output_dir: str | os.PathLike,
-    *,
-    epochs: float,
-    max_steps: int,
-    batch_size: int,
-    grad_accum: int,
-    lr: float,
-    warmup_ratio: float,
-    weight_decay: float,
-    save_steps: int,
-    eval_steps: int,
-    logging_steps: int,
-    seed: int,
-    precision: str = "auto",
-    num_workers: int = 0,
-    has_eval: bool = True,
-):
-    """`TrainingArguments` with our defaults; `precision` "auto" picks bf16 where supported."""
-    from transformers import TrainingArguments
+@dataclass
+class SIDTrainingArguments(TrainingArguments):
+    """Hugging Face `TrainingArguments` with this toolkit's defaults.
 
-    bf16 = precision == "bf16" or (
-        precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    Every option of the `Trainer` (gradient checkpointing, FSDP, DeepSpeed, `report_to`,
+    bf16, optimisers, schedulers …) is reachable under its own name; only the defaults
+    below differ from Hugging Face's, and a few have short aliases (`--epochs`, `--lr`,
+    `--batch_size`, `--grad_accum`, `--warmup`). `bf16` left unset means "bf16 where the
+    GPU supports it"; `per_device_eval_batch_size` left unset follows the training batch.
+    """
+
+    _argument_group_name = "training (Hugging Face TrainingArguments)"
+
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Checkpoints; train.py sets RUN_DIR/checkpoints (pass --run_dir)."},
     )
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=epochs,
-        max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum,
-        learning_rate=lr,
-        warmup_steps=warmup_ratio,
-        weight_decay=weight_decay,
-        lr_scheduler_type="cosine",
-        logging_steps=logging_steps,
-        save_strategy="steps",
-        save_steps=save_steps,
-        save_total_limit=2,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=eval_steps,
-        bf16=bf16,
-        fp16=precision == "fp16",
-        seed=seed,
-        data_seed=seed,
-        report_to="none",
-        remove_unused_columns=False,
-        dataloader_num_workers=num_workers,
-        disable_tqdm=False,
-        dataloader_pin_memory=False,
-        ddp_find_unused_parameters=False,
+    num_train_epochs: float = field(
+        default=1.0, metadata={"aliases": ["--epochs"], "help": "Training epochs."}
     )
+    per_device_train_batch_size: int = field(
+        default=32, metadata={"aliases": ["--batch_size"], "help": "Windows per device."}
+    )
+    per_device_eval_batch_size: int | None = field(
+        default=None, metadata={"help": "Validation batch (unset: the training batch)."}
+    )
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"aliases": ["--grad_accum"], "help": "Accumulation steps."}
+    )
+    learning_rate: float = field(
+        default=2e-3, metadata={"aliases": ["--lr"], "help": "Peak learning rate."}
+    )
+    lr_scheduler_type: SchedulerType | str = field(
+        default="cosine", metadata={"help": "LR schedule."}
+    )
+    warmup_steps: float = field(
+        default=0.05,
+        metadata={"aliases": ["--warmup"], "help": "Warm-up: a share of the steps if < 1."},
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
+    eval_strategy: IntervalStrategy | str = field(
+        default="steps", metadata={"help": "Validation: steps | no."}
+    )
+    eval_steps: float | None = field(default=200, metadata={"help": "Validate every N steps."})
+    save_steps: float = field(default=200, metadata={"help": "Checkpoint every N steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+    use_cpu: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Train on CPU (unset: on CPU when several processes are launched on a "
+            "machine without an accelerator, so that they join one gloo group)."
+        },
+    )
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 mixed precision (unset: where the GPU has it)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed for every stage of train.py."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep the collator's columns (leave False)."}
+    )
+    disable_tqdm: bool | None = field(default=False, metadata={"help": "No progress bar."})
+    dataloader_pin_memory: bool = field(default=False, metadata={"help": "Pin memory."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "DDP: look for parameters without gradients."}
+    )
+
+    def __post_init__(self):
+        if self.use_cpu is None:
+            # several processes on a CPU-only machine: accelerate joins them (gloo) only when
+            # told to use the CPU; a single process is left as Hugging Face would have it
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            self.use_cpu = world > 1 and not torch.accelerator.is_available()
+        if self.bf16 is None:
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        if self.per_device_eval_batch_size is None:
+            self.per_device_eval_batch_size = self.per_device_train_batch_size
+        if self.data_seed is None:
+            self.data_seed = self.seed
+        # Hugging Face fills an unset output_dir in: remember whether the user chose one
+        self.output_dir_given = self.output_dir is not None
+        super().__post_init__()
+
+
+def training_arguments(output_dir: str | os.PathLike, **options):
+    """`SIDTrainingArguments(output_dir=..., **options)`: the toolkit's defaults, any option of
+    Hugging Face's `TrainingArguments` by name (or by its short alias, e.g. `lr`)."""
+    return SIDTrainingArguments(
+        output_dir=str(output_dir), **resolve_aliases(SIDTrainingArguments, options)
+    )
+
+
+def resolve_aliases(cls, options: dict) -> dict:
+    """Map short aliases (`lr`, `epochs`, …) of `cls`'s fields to the fields' names."""
+    alias_of = {
+        alias.lstrip("-"): f.name for f in fields(cls) for alias in f.metadata.get("aliases", [])
+    }
+    out: dict = {}
+    for key, value in options.items():
+        name = alias_of.get(key, key)
+        if name in out:
+            raise ValueError(f"option {name!r} given twice (as {key!r} too)")
+        out[name] = value
+    return out
 
 
 def joint_dense_loss(model, inputs: dict, *, dense_weight: float = 1.0):
     """LM next-token loss + `dense_weight` × the dense head's full-softmax item loss.
 
-    For an LM with a `sid.dense.DenseRetrieval` attached: one forward of the base model gives
-    the states for both heads. Returns (loss, CausalLMOutputWithPast with logits [B, T, V]).
+    For an LM with a `sid.dense.DenseRetrieval` attached: one forward gives the states for both
+    heads. `model` may be wrapped by the engine (DDP, FSDP …): the forward goes through the
+    wrapper, so that its gradient synchronisation sees it. Returns (loss,
+    CausalLMOutputWithPast with logits [B, T, V]).
     """
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
     from sid.dense import DenseRetrieval, dense_loss
 
-    wrapper = DenseRetrieval.attached(model)
+    inner = model
+    while hasattr(inner, "module") and not hasattr(inner, "get_input_embeddings"):
+        inner = inner.module  # DistributedDataParallel & co. keep the LM as `.module`
+    wrapper = DenseRetrieval.attached(inner)
     labels = inputs["labels"]
-    hidden = model.base_model(
-        input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
-    ).last_hidden_state
-    logits = model.get_output_embeddings()(hidden)
+    out = model(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs.get("attention_mask"),
+        output_hidden_states=True,
+        use_cache=False,
+    )
+    hidden, logits = out.hidden_states[-1], out.logits  # the final (normed) states
     lm = torch.nn.functional.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE
     )

@@ -77,7 +77,7 @@ def test_two_process_cpu_training_with_accelerate(tmp_path):
             sys.executable,
             "-m",
             "accelerate.commands.launch",
-            "--cpu",
+            "--multi_gpu",  # torchrun's launcher; on a CPU-only machine the ranks join by gloo
             "--num_processes",
             "2",
             "--num_machines",
@@ -106,3 +106,4 @@ def test_two_process_cpu_training_with_accelerate(tmp_path):
     )
     config = json.loads((run_dir / "config.json").read_text())
     assert config["training"]["global_step"] == 4
+    assert config["training"]["processes"] == 2  # two ranks really trained together

@@ -146,10 +146,11 @@ def test_resume_without_a_checkpoint_says_it_starts_from_step_0(dataset, tmp_pat
 @pytest.mark.parametrize(
     "option, value, message",
     [
-        ("epochs", 0, "--epochs 0 is not allowed"),
-        ("epochs", -1.0, "--epochs -1.0 is not allowed"),
-        ("batch_size", 0, "--batch_size 0 is not allowed"),
-        ("precision", "fp8", "choose one of auto, fp32, bf16, fp16"),
+        ("epochs", 0, "--num_train_epochs 0 is not allowed"),
+        ("num_train_epochs", -1.0, "--num_train_epochs -1.0 is not allowed"),
+        ("batch_size", 0, "--per_device_train_batch_size 0 is not allowed"),
+        ("warmup", 1.5, "--warmup_steps 1.5 is not allowed"),
+        ("output_dir", "elsewhere", "keeps checkpoints in RUN_DIR/checkpoints"),
         ("max_items", 1, "--max_items 1 is not allowed"),
         ("collision_policy", "drop", "choose one of suffix, reassign"),
     ],

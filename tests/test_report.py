@@ -101,7 +101,8 @@ def new_results(run: str = "runs/tiny") -> dict:
         "data": {"dataset": "tiny", "min_length": 3},
         "sid": {"sid_tokenizer": "rqkmeans", "codebook_sizes": "4,4"},
         "model": {"model": "tiny-llama", "prefixmem": False},
-        "run": {"epochs": 1.0, "lr": 0.002, "seed": 0, "logging_steps": 20},
+        "run": {"preset": None, "eval_users": 0},
+        "training_arguments": {"learning_rate": 0.002, "seed": 0, "logging_steps": 20},
     }
     r["hardware"] = {"device": "cpu", "cpu_cores": 2, "torch": "2.x"}
     r["eval_seconds"] = 3.25
@@ -180,8 +181,8 @@ def test_every_plot_is_written_and_embedded(tmp_path):
     assert not (tmp_path / "codebook_utilisation.png").exists()
     assert not list(tmp_path.glob(".*tmp-*"))  # no temporary left behind
     assert "<details><summary>All options of the run</summary>" in text
-    assert "| run.lr | 0.002 |" in text
-    assert "| run.logging_steps | 20 |" in text  # only in the full table
+    assert "| training_arguments.learning_rate | 0.002 |" in text
+    assert "| training_arguments.logging_steps | 20 |" in text  # only in the full table
     assert "| outcomes | like 0.6, watch 0.4 |" in text
     assert "| model fingerprint | abc123 |" in text
 

@@ -12,7 +12,7 @@ from sid.training import (
     build_eval_examples,
     build_train_windows,
     make_trainer,
-    make_training_arguments,
+    training_arguments,
 )
 
 N_ITEMS = 12
@@ -110,21 +110,18 @@ def test_eval_examples_label_only_the_target(setup):
 def _train(rec, split, out_dir, *, max_steps, save_steps=1000, lr=1e-2, eval_data=True):
     train = build_train_windows(split, rec.sids, rec.vocab, max_items=8)
     valid = build_eval_examples(split, rec.sids, rec.vocab, max_items=8) if eval_data else None
-    args = make_training_arguments(
+    args = training_arguments(
         out_dir,
-        epochs=1,
         max_steps=max_steps,
-        batch_size=16,
-        grad_accum=1,
-        lr=lr,
-        warmup_ratio=0.0,
+        per_device_train_batch_size=16,
+        learning_rate=lr,
+        warmup_steps=0.0,
         weight_decay=0.0,
         save_steps=save_steps,
         eval_steps=1000,
+        eval_strategy="steps" if eval_data else "no",
         logging_steps=10,
-        seed=0,
-        precision="fp32",
-        has_eval=eval_data,
+        bf16=False,
     )
     trainer = make_trainer(rec.lm, train, valid, args, rec.tokenizer.pad_token_id)
     trainer.args.disable_tqdm = True

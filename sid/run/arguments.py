@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-import torch
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
@@ -26,7 +25,7 @@ from sid.embed import embed_texts
 from sid.evaluation import evaluate_run
 from sid.ranking_training import train_ranker
 from sid.tokenizers.rqvae import RQVAE
-from sid.training import make_trainer
+from sid.training import SIDTrainingArguments, make_trainer, resolve_aliases
 
 
 def library_default(owner, name: str):
@@ -52,6 +51,8 @@ def library_default(owner, name: str):
 
 @dataclass
 class DataArguments:
+    _argument_group_name = "data"
+
     dataset: str = field(
         default="movielens-100k",
         metadata={
@@ -113,6 +114,8 @@ class DataArguments:
 
 @dataclass
 class SIDArguments:
+    _argument_group_name = "semantic IDs"
+
     sid_tokenizer: str = field(default="rqvae", metadata={"help": "rqvae | rqkmeans."})
     codebook_sizes: str = field(
         default="auto",
@@ -132,6 +135,8 @@ class SIDArguments:
 
 @dataclass
 class ModelArguments:
+    _argument_group_name = "model"
+
     model: str = field(
         default="tiny",
         metadata={
@@ -204,26 +209,16 @@ class ModelArguments:
 
 @dataclass
 class RunArguments:
+    _argument_group_name = "run"
+
     run_dir: str = field(default="runs/quickstart", metadata={"help": "Run directory."})
     preset: str | None = field(
         default=None,
         metadata={"help": "quickstart | ml1m | smollm2: a set of defaults; flags still override."},
     )
-    epochs: float = field(default=1.0, metadata={"help": "Training epochs over the windows."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many steps (>0)."})
-    batch_size: int = field(default=32, metadata={"help": "Windows per device per step."})
-    grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
-    lr: float = field(default=2e-3, metadata={"help": "Peak learning rate (cosine schedule)."})
-    warmup: float = field(default=0.05, metadata={"help": "Warm-up as a share of the steps."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    save_steps: int = field(default=200, metadata={"help": "Checkpoint every N steps."})
     eval_users: int = field(
         default=0, metadata={"help": "Validate on the first N users only (0: all users)."}
     )
-    eval_steps: int = field(default=200, metadata={"help": "Validation every N steps."})
-    logging_steps: int = field(default=20, metadata={"help": "Log every N steps."})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 if available) | fp32."})
-    seed: int = field(default=0, metadata={"help": "Seed for every stage."})
     resume: bool = field(
         default=False, metadata={"help": "Continue from the newest checkpoint in the run."}
     )
@@ -233,7 +228,9 @@ class RunArguments:
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave as is)."})
 
 
-ARGUMENT_CLASSES = (DataArguments, SIDArguments, ModelArguments, RunArguments)
+# train.py's options: the toolkit's four groups, then every option of Hugging Face's
+# `TrainingArguments` (with the toolkit's defaults) under its own name.
+ARGUMENT_CLASSES = (DataArguments, SIDArguments, ModelArguments, RunArguments, SIDTrainingArguments)
 
 
 @dataclass
@@ -333,9 +330,9 @@ PRESETS: dict[str, dict] = {
         codebook_sizes="64,64,64",
         model="tiny",
         max_items=20,
-        epochs=2.0,
-        batch_size=64,
-        lr=3e-3,
+        num_train_epochs=2.0,
+        per_device_train_batch_size=64,
+        learning_rate=3e-3,
         prefixmem=True,
         prefixmem_table_size=2048,
         prefixmem_head_dim=8,
@@ -351,8 +348,8 @@ PRESETS: dict[str, dict] = {
         model="tiny",
         max_items=100,
         stride=100,
-        epochs=4.0,
-        batch_size=32,
+        num_train_epochs=4.0,
+        per_device_train_batch_size=32,
         dense=True,
         eval_users=1000,
         eval_steps=500,
@@ -367,8 +364,8 @@ PRESETS: dict[str, dict] = {
         model="smollm2-135m",
         max_items=20,
         max_steps=20,
-        batch_size=8,
-        lr=5e-4,
+        per_device_train_batch_size=8,
+        learning_rate=5e-4,
         save_steps=10,
         eval_steps=10,
         eval_users=64,
@@ -406,11 +403,12 @@ def parse_sizes(text: str, *, num_items: int | None = None) -> list[int]:
 # Checks that run before any long work
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
 def validate_arguments(
-    dargs: DataArguments, sargs: SIDArguments, margs: ModelArguments, rargs: RunArguments
+    dargs: DataArguments,
+    sargs: SIDArguments,
+    margs: ModelArguments,
+    rargs: RunArguments,
+    targs: SIDTrainingArguments,
 ) -> None:
     """Refuse out-of-range options with the option, its value and what is allowed."""
     from sid.tokenizers import TOKENIZERS
@@ -419,22 +417,34 @@ def validate_arguments(
         if not ok:
             raise ValueError(f"--{option} {value!r} is not allowed: {allowed}")
 
+    epochs = targs.num_train_epochs
     need(
-        isinstance(rargs.epochs, (int, float)) and math.isfinite(rargs.epochs) and rargs.epochs > 0,
-        "epochs",
-        rargs.epochs,
+        isinstance(epochs, (int, float)) and math.isfinite(epochs) and epochs > 0,
+        "num_train_epochs",
+        epochs,
         "it must be a number > 0 (use --max_steps to stop early)",
     )
-    need(rargs.max_steps == -1 or rargs.max_steps > 0, "max_steps", rargs.max_steps, "-1 or > 0")
-    need(math.isfinite(rargs.lr) and rargs.lr > 0, "lr", rargs.lr, "it must be > 0")
-    need(0 <= rargs.warmup < 1, "warmup", rargs.warmup, "a share of the steps in [0, 1)")
+    need(targs.max_steps == -1 or targs.max_steps > 0, "max_steps", targs.max_steps, "-1 or > 0")
+    need(
+        math.isfinite(targs.learning_rate) and targs.learning_rate > 0,
+        "learning_rate",
+        targs.learning_rate,
+        "it must be > 0",
+    )
+    need(
+        targs.warmup_steps >= 0
+        and (targs.warmup_steps < 1 or targs.warmup_steps == int(targs.warmup_steps)),
+        "warmup_steps",
+        targs.warmup_steps,
+        "a share of the steps in [0, 1), or a whole number of steps",
+    )
     smallest = {  # option: (value, smallest allowed value)
-        "batch_size": (rargs.batch_size, 1),
-        "grad_accum": (rargs.grad_accum, 1),
-        "weight_decay": (rargs.weight_decay, 0),
-        "save_steps": (rargs.save_steps, 1),
-        "eval_steps": (rargs.eval_steps, 1),
-        "logging_steps": (rargs.logging_steps, 1),
+        "per_device_train_batch_size": (targs.per_device_train_batch_size, 1),
+        "gradient_accumulation_steps": (targs.gradient_accumulation_steps, 1),
+        "weight_decay": (targs.weight_decay, 0),
+        "save_steps": (targs.save_steps, 1e-9),
+        "eval_steps": (targs.eval_steps or 1, 1e-9),
+        "logging_steps": (targs.logging_steps, 1e-9),
         "eval_users": (rargs.eval_users, 0),
         "threads": (rargs.threads, 0),
         "sid_epochs": (sargs.sid_epochs, 1),
@@ -451,17 +461,26 @@ def validate_arguments(
     for option, (value, low) in smallest.items():
         need(value >= low, option, value, f"it must be >= {low}")
     choices = {  # option: (value, allowed values)
-        "precision": (rargs.precision, PRECISIONS),
         "sid_tokenizer": (sargs.sid_tokenizer, tuple(sorted(TOKENIZERS))),
         "collision_policy": (sargs.collision_policy, ("suffix", "reassign")),
         "unknown_items": (dargs.unknown_items, ("error", "drop")),
     }
     for option, (value, allowed) in choices.items():
         need(value in allowed, option, value, f"choose one of {', '.join(allowed)}")
-    if rargs.precision in ("bf16", "fp16") and not torch.cuda.is_available():
+    run_checkpoints = Path(rargs.run_dir) / "checkpoints"
+    if (
+        getattr(targs, "output_dir_given", True)
+        and Path(targs.output_dir).resolve() != run_checkpoints.resolve()
+    ):
         raise ValueError(
-            f"--precision {rargs.precision} needs a CUDA GPU and none is available; "
-            "use --precision auto or fp32"
+            f"--output_dir {targs.output_dir}: train.py keeps checkpoints in RUN_DIR/checkpoints "
+            f"({run_checkpoints}); choose the run with --run_dir instead"
+        )
+    if targs.resume_from_checkpoint:
+        raise ValueError(
+            f"--resume_from_checkpoint {targs.resume_from_checkpoint}: train.py resumes with "
+            "--resume True (the run's newest checkpoint, once it is checked to come from the "
+            "same options)"
         )
     if rargs.preset is not None and rargs.preset not in PRESETS:
         raise ValueError(f"unknown preset {rargs.preset!r}; choose one of {', '.join(PRESETS)}")
@@ -500,12 +519,15 @@ def validate_arguments(
 
 
 def arguments_from_dict(values: dict):
-    """Build the four argument dataclasses from one flat dict (tests, notebooks)."""
-    out = []
-    for cls in ARGUMENT_CLASSES:
-        names = {f.name for f in fields(cls)}
-        out.append(cls(**{k: v for k, v in values.items() if k in names}))
-    unknown = set(values) - {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
+    """Build train.py's argument dataclasses from one flat dict (tests, notebooks); training
+    options go by their `TrainingArguments` names or short aliases (`lr`, `epochs`, …)."""
+    values = resolve_aliases(SIDTrainingArguments, values)
+    known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if f.init}
+    unknown = set(values) - known
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}")
+    out = []
+    for cls in ARGUMENT_CLASSES:
+        names = {f.name for f in fields(cls) if f.init}
+        out.append(cls(**{k: v for k, v in values.items() if k in names}))
     return tuple(out)

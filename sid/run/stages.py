@@ -31,6 +31,7 @@ from sid.run.arguments import (
     ModelArguments,
     RunArguments,
     SIDArguments,
+    SIDTrainingArguments,
     parse_sizes,
     validate_arguments,
 )
@@ -197,6 +198,39 @@ def check_compatible_run(run: RunDir, sids, overwrite: bool) -> None:
         )
 
 
+# The TrainingArguments that change the trained weights: they enter the model's fingerprint.
+# Everything else (logging, checkpointing, trackers, the parallel engine, gradient
+# checkpointing) may change between runs without retraining, and under --resume.
+WEIGHT_OPTIONS = (
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "warmup_steps",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "optim",
+    "optim_args",
+    "label_smoothing_factor",
+    "bf16",
+    "fp16",
+    "seed",
+    "data_seed",
+)
+
+
+def weight_options(targs: SIDTrainingArguments) -> dict:
+    """The training options that shape the weights, JSON-ready (enums as their values)."""
+    values = json.loads(targs.to_json_string())
+    return {k: values[k] for k in WEIGHT_OPTIONS if k in values}
+
+
 def model_stage(
     run: RunDir,
     split: LeaveOneOutSplit,
@@ -206,33 +240,16 @@ def model_stage(
     pm_key,
     margs: ModelArguments,
     rargs: RunArguments,
+    targs: SIDTrainingArguments,
 ):
     from sid.model import SIDRecModel
     from sid.training import (
         build_eval_examples,
         build_train_windows,
         make_trainer,
-        make_training_arguments,
         tokens_per_epoch,
     )
 
-    train_options = {
-        k: v
-        for k, v in asdict(rargs).items()
-        # options that do not change the trained weights do not invalidate the model
-        if k
-        not in (
-            "run_dir",
-            "preset",
-            "resume",
-            "overwrite",
-            "threads",
-            "eval_users",
-            "eval_steps",
-            "logging_steps",
-            "save_steps",
-        )
-    }
     key = fingerprint(
         "model",
         sid_key,
@@ -241,7 +258,7 @@ def model_stage(
         margs.max_items,
         margs.stride,
         margs.outcome_loss,
-        train_options,
+        weight_options(targs),
         *((("dense", margs.dense_weight),) if margs.dense else ()),
     )
     check_compatible_run(run, sids, rargs.overwrite)
@@ -300,28 +317,14 @@ def model_stage(
         f"model {margs.model}: {n_params / 1e6:.2f}M parameters; {len(train['input_ids'])} "
         f"training windows, {tokens_per_epoch(train):,} tokens per epoch"
     )
-    targs = make_training_arguments(
-        checkpoints,
-        epochs=rargs.epochs,
-        max_steps=rargs.max_steps,
-        batch_size=rargs.batch_size,
-        grad_accum=rargs.grad_accum,
-        lr=rargs.lr,
-        warmup_ratio=rargs.warmup,
-        weight_decay=rargs.weight_decay,
-        save_steps=rargs.save_steps,
-        eval_steps=rargs.eval_steps,
-        logging_steps=rargs.logging_steps,
-        seed=rargs.seed,
-        precision=rargs.precision,
-    )
+    targs.output_dir = str(checkpoints)  # validate_arguments refused any other folder
     trainer = make_trainer(
         rec.lm, train, valid, targs, rec.tokenizer.pad_token_id, dense_weight=margs.dense_weight
     )
     run.mark_now("model_started", key)
     resume = rargs.resume and bool(found)
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    result = trainer.train(resume_from_checkpoint=str(newest) if resume else None)
     seconds = time.perf_counter() - start
     final = [
         h
@@ -340,6 +343,13 @@ def model_stage(
     stats = {
         "train_loss": result.training_loss,
         "global_step": trainer.state.global_step,
+        "processes": trainer.args.world_size,
+        # whether the Trainer trained the LM with activation (gradient) checkpointing
+        "gradient_checkpointing": bool(
+            getattr(rec.lm, "is_activation_checkpointing", None)
+            if hasattr(rec.lm, "is_activation_checkpointing")
+            else getattr(rec.lm, "is_gradient_checkpointing", False)
+        ),
         "train_seconds": round(seconds, 1),
         "train_tokens_per_second": round(tokens_seen / max(1e-9, seconds - eval_seconds), 1),
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
@@ -360,7 +370,11 @@ def model_stage(
 
 
 def run_training(
-    dargs: DataArguments, sargs: SIDArguments, margs: ModelArguments, rargs: RunArguments
+    dargs: DataArguments,
+    sargs: SIDArguments,
+    margs: ModelArguments,
+    rargs: RunArguments,
+    targs: SIDTrainingArguments,
 ) -> Path:
     """Every stage of train.py; returns the run directory.
 
@@ -368,13 +382,13 @@ def run_training(
     directory changes only when every stage has finished (see `RunDir.commit`). Options, the
     model name and the codebook's capacity are checked before any long work starts.
     """
-    validate_arguments(dargs, sargs, margs, rargs)
+    validate_arguments(dargs, sargs, margs, rargs, targs)
     from sid.model import resolve_model_source
 
     resolve_model_source(margs.model, trust_remote_code=margs.trust_remote_code)
     if rargs.threads:
         torch.set_num_threads(rargs.threads)
-    torch.manual_seed(rargs.seed)
+    torch.manual_seed(targs.seed)
     start = time.perf_counter()
     data, split = load_split(asdict(dargs))
     sizes = parse_sizes(sargs.codebook_sizes, num_items=data.num_items)
@@ -387,16 +401,16 @@ def run_training(
     try:
         logger.info(f"data {data.name}:\n{format_summary({**data.summary(), **split.summary()})}")
         vectors, emb_key = embeddings_stage(run, data, dargs)
-        _, sids, sid_key, health = sid_stage(run, data, vectors, emb_key, sargs, rargs.seed)
-        prefixmem, pm_key = prefixmem_stage(run, sids, vectors, sid_key, margs, rargs.seed)
+        _, sids, sid_key, health = sid_stage(run, data, vectors, emb_key, sargs, targs.seed)
+        prefixmem, pm_key = prefixmem_stage(run, sids, vectors, sid_key, margs, targs.seed)
         rec, train_stats, model_key = model_stage(
-            run, split, sids, sid_key, prefixmem, pm_key, margs, rargs
+            run, split, sids, sid_key, prefixmem, pm_key, margs, rargs, targs
         )
         if int(os.environ.get("RANK", "0")) != 0:
             run.discard()  # under accelerate/torchrun the main process commits the run
             return run.path
         ranker_stats = (
-            ranker_stage(run, rec, split, model_key, margs, rargs) if margs.ranker else None
+            ranker_stage(run, rec, split, model_key, margs, targs.seed) if margs.ranker else None
         )
         old = {}
         if (run.path / "config.json").exists():
@@ -409,6 +423,8 @@ def run_training(
             "sid": asdict(sargs),
             "model": asdict(margs),
             "run": asdict(rargs),
+            # every TrainingArguments option as the Trainer saw it (its own JSON form)
+            "training_arguments": json.loads(targs.to_json_string()),
             "summary": {**data.summary(), **split.summary()},
             "stages": {**run.stages, **run.pending},
             "codebook_health": health if health is not None else old.get("codebook_health"),
@@ -494,7 +510,7 @@ def ranker_stage(
     split: LeaveOneOutSplit,
     model_key: str,
     margs: ModelArguments,
-    rargs: RunArguments,
+    seed: int,
 ) -> dict | None:
     """Train the cross-attention ranking head on train-split data with the LM frozen."""
     from sid.ranking import RankingHead, RankingHeadConfig
@@ -507,12 +523,12 @@ def ranker_stage(
         margs.ranker_beam_negatives,
         margs.ranker_random_negatives,
         margs.ranker_features,
-        rargs.seed,
+        seed,
     )
     if run.fresh("ranker", key, "ranker/config.json"):
         logger.info(f"ranking head: reused {run.path / 'ranker'}")
         return None
-    torch.manual_seed(rargs.seed)
+    torch.manual_seed(seed)
     head = RankingHead(
         RankingHeadConfig(
             hidden_size=int(rec.lm.config.get_text_config().hidden_size),
@@ -530,7 +546,7 @@ def ranker_stage(
         rec.sids,
         split,
         steps=margs.ranker_steps,
-        seed=rargs.seed,
+        seed=seed,
         max_history=margs.max_items,
         n_beam_negatives=margs.ranker_beam_negatives,
         n_random_negatives=0 if margs.ranker_features else margs.ranker_random_negatives,

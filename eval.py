@@ -3,10 +3,15 @@
     python eval.py runs/quickstart
     python eval.py runs/quickstart --split valid --num_beams 50 --top_k 20
     python eval.py --compare runs/a runs/b
+    accelerate launch --num_processes 4 eval.py runs/ml1m   # users split over 4 processes/GPUs
 
 The target is each user's last item (test) or second-to-last (valid); every item of the
 catalogue is ranked and, by default, the items already in the user's history are excluded
 (the protocol of the published ML-1M figures; --keep_history True keeps them).
+
+Under `accelerate launch` the users are split between the processes (each on its own GPU, or
+the CPU with --cpu), their results are gathered, and the main process alone logs, prints and
+writes the one report, whose metrics equal a single process's.
 """
 
 from __future__ import annotations
@@ -31,12 +36,21 @@ def parse(argv: list[str]):
     return args
 
 
+def process_rank() -> int:
+    """This process's rank under `accelerate launch` / torchrun (0 for a lone process)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def main(argv: list[str] | None = None) -> None:
+    main_process = process_rank() == 0
     logging.basicConfig(format="[sid] %(message)s")
-    logging.getLogger("sid").setLevel(logging.INFO)
+    # the main process speaks for all of them; the others report only warnings and errors
+    logging.getLogger("sid").setLevel(logging.INFO if main_process else logging.WARNING)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-file save/load bars; the stages keep their own
+    if not main_process:
+        hf_logging.set_verbosity_error()
     args = parse(sys.argv[1:] if argv is None else argv)
 
     import torch
@@ -48,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     try:
         if args.compare:
-            print(compare_runs(args.compare))
+            if main_process:
+                print(compare_runs(args.compare))
             return
         results = evaluate_run(
             args.run_dir,
@@ -65,7 +80,13 @@ def main(argv: list[str] | None = None) -> None:
             dense_beam_weight=args.dense_beam_weight,
         )
     except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+        sys.exit(f"error: {err}" if main_process else f"error (process {process_rank()}): {err}")
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # a gloo/nccl group left to the interpreter's exit can abort the process
+            torch.distributed.destroy_process_group()
+    if not main_process:
+        return  # the main process prints the results and wrote the report
     kinds = ("retrieval", "retrieval+ranking", "dense", "dense+beam", "popularity")
     short = {k: results[k] for k in kinds if k in results}
     print(

@@ -1,12 +1,14 @@
 """User–item interactions and item text: loading, per-user sequences, leave-one-out split.
 
-Everything is read through `datasets` (CSV/TSV/Parquet/JSON Lines or a folder written by
-`Dataset.save_to_disk`) and then held as flat numpy arrays: sequences are stored CSR-style
-(`offsets` into one `items` array) so that a million interactions cost a few arrays, not a
-million Python objects.
+Everything is read through `datasets` (CSV/TSV/Parquet/JSON Lines, a folder of Parquet
+shards, or a folder written by `Dataset.save_to_disk`) and then held as flat numpy arrays:
+sequences are stored CSR-style (`offsets` into one `items` array) so that ten million
+interactions cost a few arrays, not ten million Python objects (10M Parquet rows, 100k users:
+about 15 s and 1.2 GB peak RSS on 2 cores, `benchmarks/bench_data.py --rows 10000000`).
 
 Messages name a bad value by where it sits in the file: "line N" for text files (the header
-is line 1, so the first data row is line 2), "row N" (from 0) for Parquet and dataset folders.
+is line 1, so the first data row is line 2), "row N" (from 0) for Parquet and dataset folders,
+"row N of SHARD" for a folder of Parquet shards.
 Hints name the train.py/eval.py flag that fixes the problem (`--user_col COLUMN`).
 """
 
@@ -16,7 +18,9 @@ import importlib.util
 import logging
 import os
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sid.tables import (
+    Places,
     _as_str,
     _column_names,
     _interactions_needs,
@@ -39,6 +44,17 @@ from sid.tables import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def _phase(name: str) -> Iterator[None]:
+    """Log how long a loading phase took (DEBUG; `benchmarks/bench_data.py` reads the record's
+    `phase` and `seconds` attributes to time each phase of the real loading path)."""
+    start = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - start
+    logger.debug("data phase %s: %.2fs", name, seconds, extra={"phase": name, "seconds": seconds})
+
 
 BUILTIN_DATASETS = ("movielens-100k", "movielens-1m")
 
@@ -196,9 +212,7 @@ def load_items(
     return ids, texts
 
 
-def _check_unique_ids(
-    ids: list[str], *, where: str, column: str, lines: np.ndarray | None = None
-) -> None:
+def _check_unique_ids(ids: list[str], *, where: str, column: str, lines: Places = None) -> None:
     values = np.asarray(ids, dtype=object).astype(str)
     uniq, first, inverse, counts = np.unique(
         values, return_index=True, return_inverse=True, return_counts=True
@@ -246,8 +260,9 @@ def load_interactions(
         outcome_col=outcome_col,
         rating_col=rating_col,
     )
-    table, lines = _read_table(path, sep=sep, what="interactions")
-    table = _strip_type_suffix(table)
+    with _phase("read interactions"):
+        table, lines = _read_table(path, sep=sep, what="interactions")
+        table = _strip_type_suffix(table)
     _require_columns(table, needs, path=path, what="interactions")
     return build_interaction_data(
         table,
@@ -281,13 +296,17 @@ def build_interaction_data(
     like_threshold: float = 4.0,
     unknown_items: str = "error",
     keep_unused_items: bool = False,
-    lines: np.ndarray | None = None,
+    lines: Places = None,
     items_file: str | os.PathLike | None = None,
 ) -> InteractionData:
     """Arrow table of interactions + items → `InteractionData` (see `load_interactions`).
 
-    `lines` int64 [rows]: the file line of each table row, so that messages name it (None:
-    rows are named by number, from 0).
+    `lines`: where each table row sits in the source — int64 [rows] file lines, a
+    `sid.tables.ShardRows` for Parquet shards, or None (rows are named by number, from 0).
+
+    Every per-row step is an Arrow or numpy call: id columns are dictionary-encoded (one hash
+    pass over the rows), and trimming, matching and ordering work on the distinct values, so
+    ten million rows cost a few int64 arrays, not ten million Python strings.
     """
     if unknown_items not in ("error", "drop"):
         raise ValueError(f"--unknown_items must be error or drop, got {unknown_items!r}")
@@ -297,74 +316,85 @@ def build_interaction_data(
         raise ValueError(f"{items_where} is empty")
     _check_unique_ids(item_ids, where=items_where, column="item_id")
 
-    users = _as_str(table.column(user_col))
-    item_col_values = _as_str(table.column(item_col))
-    timestamps = _timestamps(table.column(time_col), name=time_col, where=where, lines=lines)
+    with _phase("id mapping"):
+        timestamps = _timestamps(table.column(time_col), name=time_col, where=where, lines=lines)
+        outcome_labels, outcomes = _encode_outcomes(
+            table,
+            outcome_col=outcome_col,
+            rating_col=rating_col,
+            like_threshold=like_threshold,
+            where=where,
+            lines=lines,
+        )
+        item_codes, item_values = _dictionary_codes(table.column(item_col))
+        # index of each distinct value in the items table (-1: not there), then of each row;
+        # the -1 appended is what a null id (code -1) looks up
+        position = _fill(pc.index_in(item_values, value_set=pa.array(item_ids, pa.string())))
+        item_index = np.append(position, np.int32(-1))[item_codes]
+        del position
+        unknown = item_index < 0
+        n_dropped = int(unknown.sum())
+        user_codes, user_values = _dictionary_codes(table.column(user_col))
+        if (user_codes < 0).any():
+            row = int(np.flatnonzero(user_codes < 0)[0])
+            raise ValueError(f"{where}: column {user_col!r} is empty at {_place(row, lines)}")
+        if n_dropped:
+            if unknown_items == "error":
+                rows = np.flatnonzero(unknown)
+                examples = [
+                    item_values[int(c)].as_py() if c >= 0 else None for c in item_codes[rows[:5]]
+                ]
+                raise ValueError(
+                    f"{where}: {n_dropped} interaction(s) name items absent from {items_where} "
+                    f"(first at {_place(rows[0], lines)}: {examples}); fix the items file or pass "
+                    "--unknown_items drop to drop them"
+                )
+            keep = ~unknown
+            item_index, timestamps = item_index[keep], timestamps[keep]
+            outcomes, user_codes = outcomes[keep], user_codes[keep]
+            del keep
+        del unknown, item_codes
+        if len(item_index) == 0:
+            raise ValueError(f"{where}: no interactions left after dropping unknown items")
 
-    if outcome_col:
-        outcome_values = _as_str(table.column(outcome_col))
-        if pc.any(pc.equal(outcome_values, "")).as_py():
-            row = int(np.flatnonzero(pc.equal(outcome_values, "").to_numpy())[0])
-            raise ValueError(f"{where}: column {outcome_col!r} is empty at {_place(row, lines)}")
-        outcome_labels = sorted(pc.unique(outcome_values).to_pylist())
-        outcomes = pc.index_in(outcome_values, value_set=pa.array(outcome_labels)).to_numpy()
-    elif rating_col:
-        ratings = _numeric(table.column(rating_col), name=rating_col, where=where, lines=lines)
-        outcome_labels = ["like", "watch"]
-        outcomes = np.where(ratings >= like_threshold, 0, 1)
-    else:
-        outcome_labels = ["click"]
-        outcomes = np.zeros(table.num_rows, dtype=np.int64)
+        n_unused = 0
+        if not keep_unused_items:
+            used = np.zeros(len(item_ids), dtype=bool)
+            used[item_index] = True
+            n_unused = int((~used).sum())
+            if n_unused:
+                # The catalogue is what the model can recommend: an item nobody interacted
+                # with cannot be a target, but a silently shorter catalogue surprises, so say so.
+                logger.warning(
+                    "%d of %d items in %s never occur in %s and are left out of the catalogue",
+                    n_unused,
+                    len(item_ids),
+                    items_where,
+                    where,
+                )
+                remap = (np.cumsum(used) - 1).astype(np.int32)
+                item_index = remap[item_index]
+                keep_ids = np.flatnonzero(used)
+                item_ids = [item_ids[i] for i in keep_ids]
+                item_texts = [item_texts[i] for i in keep_ids]
 
-    item_index = pc.index_in(item_col_values, value_set=pa.array(item_ids)).to_numpy(
-        zero_copy_only=False
-    )
-    unknown = np.isnan(item_index) if item_index.dtype.kind == "f" else item_index < 0
-    n_dropped = int(unknown.sum())
-    if n_dropped:
-        if unknown_items == "error":
-            rows = np.flatnonzero(unknown)
-            examples = item_col_values.take(pa.array(rows[:5])).to_pylist()
-            raise ValueError(
-                f"{where}: {n_dropped} interaction(s) name items absent from {items_where} "
-                f"(first at {_place(rows[0], lines)}: {examples}); fix the items file or pass "
-                "--unknown_items drop to drop them"
-            )
-        keep = ~unknown
-        item_index, timestamps, outcomes = item_index[keep], timestamps[keep], outcomes[keep]
-        users = users.filter(pa.array(keep))
-    item_index = item_index.astype(np.int64)
-    if len(item_index) == 0:
-        raise ValueError(f"{where}: no interactions left after dropping unknown items")
+        user_ids, user_index = _encode_users(user_codes, user_values)
+        del user_codes
 
-    n_unused = 0
-    if not keep_unused_items:
-        used = np.zeros(len(item_ids), dtype=bool)
-        used[item_index] = True
-        n_unused = int((~used).sum())
-        if n_unused:
-            # The catalogue is what the model can recommend: an item nobody interacted with
-            # cannot be a target, but a silently shorter catalogue surprises, so say so.
-            logger.warning(
-                "%d of %d items in %s never occur in %s and are left out of the catalogue",
-                n_unused,
-                len(item_ids),
-                items_where,
-                where,
-            )
-            remap = np.cumsum(used) - 1
-            item_index = remap[item_index]
-            keep_ids = np.flatnonzero(used)
-            item_ids = [item_ids[i] for i in keep_ids]
-            item_texts = [item_texts[i] for i in keep_ids]
-
-    user_ids, user_index = _encode_users(users)
-    row_order = np.arange(len(item_index))
-    # Ties in timestamp are common (MovieLens rates in bursts): the file's row order breaks them.
-    order = np.lexsort((row_order, timestamps, user_index))
-    counts = np.bincount(user_index, minlength=len(user_ids))
-    offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
+    with _phase("sort/group"):
+        # Ties in timestamp are common (MovieLens rates in bursts): the file's row order
+        # breaks them, as both sorts below are stable.
+        order = _user_time_order(user_index, timestamps, len(user_ids))
+        counts = np.bincount(user_index, minlength=len(user_ids))
+        del user_index
+        offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        sorted_items = item_index[order].astype(np.int64)
+        del item_index
+        sorted_outcomes = outcomes[order].astype(np.int64)
+        del outcomes
+        sorted_timestamps = timestamps[order].astype(np.int64)
+        del timestamps, order
     return InteractionData(
         name=name,
         item_ids=list(item_ids),
@@ -372,23 +402,108 @@ def build_interaction_data(
         user_ids=user_ids,
         outcome_labels=outcome_labels,
         offsets=offsets,
-        items=item_index[order],
-        outcomes=np.asarray(outcomes, dtype=np.int64)[order],
-        timestamps=timestamps[order].astype(np.int64),
+        items=sorted_items,
+        outcomes=sorted_outcomes,
+        timestamps=sorted_timestamps,
         n_dropped_interactions=n_dropped,
         n_unused_items=n_unused,
     )
 
 
-def _encode_users(users: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
-    """Distinct user ids (numeric order when they are all integers) and each row's index."""
-    distinct = pc.unique(users).to_pylist()
+def _fill(indices: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Arrow integer indices (int32, as dictionary encoding and `index_in` give them) with
+    nulls → a numpy array of their type, null → -1. Per-row codes stay int32 until the final
+    gather: half the memory of int64 for ten million rows."""
+    return pc.fill_null(indices, -1).to_numpy(zero_copy_only=False)
+
+
+def _dictionary_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """(codes int32 [rows], values): each row's index into `values`, the column's distinct
+    values as whitespace-trimmed strings (-1 for a null).
+
+    One hash pass over the rows (`dictionary_encode`, which works on any type, so integer ids
+    are never turned into ten million strings); casting, trimming and re-merging values that
+    differ only by whitespace then work on the distinct values alone.
+    """
+    if column.num_chunks == 0:
+        return np.zeros(0, dtype=np.int32), pa.array([], pa.string())
+    encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+    first = encoded.chunk(0).dictionary
+    if any(c.dictionary is not first and not c.dictionary.equals(first) for c in encoded.chunks):
+        encoded = encoded.unify_dictionaries()
+        first = encoded.chunk(0).dictionary
+    raw = np.concatenate([_fill(c.indices) for c in encoded.chunks])
+    text = _as_str(pa.chunked_array([first])).combine_chunks()
+    values = pc.unique(text)
+    merge = _fill(pc.index_in(text, value_set=values))
+    codes = np.append(merge, np.int32(-1))[raw]  # a null (-1) looks up the -1 appended
+    return codes, values
+
+
+def _encode_outcomes(
+    table: pa.Table,
+    *,
+    outcome_col: str | None,
+    rating_col: str | None,
+    like_threshold: float,
+    where: str,
+    lines: Places,
+) -> tuple[list[str], np.ndarray]:
+    """(labels, outcome index int32 [rows]): `outcome_col`'s labels in sorted order, or
+    like/watch from `rating_col`, or "click" for every row."""
+    if outcome_col:
+        codes, values = _dictionary_codes(table.column(outcome_col))
+        bad = (codes < 0) | np.isin(
+            codes, np.flatnonzero(pc.equal(values, "").to_numpy(zero_copy_only=False))
+        )
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{where}: column {outcome_col!r} is empty at {_place(row, lines)}")
+        labels = values.to_pylist()  # the distinct labels: a handful
+        order = sorted(range(len(labels)), key=labels.__getitem__)
+        rank = np.empty(len(labels), dtype=np.int32)
+        rank[order] = np.arange(len(labels))
+        return [labels[i] for i in order], rank[codes]
+    if rating_col:
+        ratings = _numeric(table.column(rating_col), name=rating_col, where=where, lines=lines)
+        return ["like", "watch"], np.where(ratings >= like_threshold, 0, 1).astype(np.int32)
+    return ["click"], np.zeros(table.num_rows, dtype=np.int32)
+
+
+def _encode_users(codes: np.ndarray, values: pa.Array) -> tuple[list[str], np.ndarray]:
+    """Distinct user ids that occur in `codes` (numeric order when they are all integers,
+    else string order) and each row's index into them (int32)."""
+    present = np.zeros(len(values), dtype=bool)
+    present[codes] = True
+    which = np.flatnonzero(present)
+    names = values.take(pa.array(which)).to_pylist()  # one string per user, not per row
     try:
-        distinct.sort(key=int)
+        keys = [int(n) for n in names]
     except ValueError:
-        distinct.sort()
-    index = pc.index_in(users, value_set=pa.array(distinct)).to_numpy(zero_copy_only=False)
-    return distinct, index.astype(np.int64)
+        keys = names
+    order = sorted(range(len(names)), key=keys.__getitem__)
+    rank = np.full(len(values), -1, dtype=np.int32)
+    rank[which[order]] = np.arange(len(order))
+    return [names[i] for i in order], rank[codes]
+
+
+def _user_time_order(user_index: np.ndarray, timestamps: np.ndarray, n_users: int) -> np.ndarray:
+    """Row order by (user, timestamp, row in the file), stable.
+
+    Integer timestamps whose span times the number of users fits in int64 make one key
+    user * span + (t - min), sorted once with a stable argsort (a third of the time and
+    memory of `np.lexsort` over the two columns, which is used otherwise: float timestamps
+    or a span too wide).
+    """
+    if len(timestamps) and timestamps.dtype.kind in "iu":
+        low, high = int(timestamps.min()), int(timestamps.max())
+        span = high - low + 1
+        if n_users * span < 2**63:
+            key = user_index.astype(np.int64)
+            key *= np.int64(span)
+            key += timestamps - np.int64(low)
+            return np.argsort(key, kind="stable")
+    return np.lexsort((timestamps, user_index))
 
 
 def builtin_path(name: str) -> Path:
@@ -461,7 +576,11 @@ def load_data(
     unknown_items: str = "error",
 ) -> InteractionData:
     """The one entry point for data: a built-in name (`BUILTIN_DATASETS`), or an interactions
-    file/folder plus an `items` file with the item id and text columns.
+    file/folder plus an `items` file/folder with the item id and text columns.
+
+    A folder is either a dataset saved with `Dataset.save_to_disk` (it holds `state.json` or
+    `dataset_dict.json`) or a folder of Parquet shards (`part-00000.parquet`, ...), read in
+    name order as one table; the shards must agree on column names and types.
 
     `text_cols` is a list or a comma-separated string; the texts are joined with " | ".
     Both files' columns are checked from their headers before either is loaded, so one error
@@ -491,14 +610,16 @@ def load_data(
         (Path(items), "items", _items_needs(items_item_col, text_cols)),
     ]
     problems = []
-    for path, what, needs in files:
-        names = _column_names(path, sep=None, what=what, needed=[c for c, _ in needs])
-        message = names and _missing_columns(names, needs, path=path, what=what)
-        if message:
-            problems.append(message)
+    with _phase("check columns"):
+        for path, what, needs in files:
+            names = _column_names(path, sep=None, what=what, needed=[c for c, _ in needs])
+            message = names and _missing_columns(names, needs, path=path, what=what)
+            if message:
+                problems.append(message)
     if problems:
         raise ValueError("\n".join(problems))
-    item_table = load_items(items, item_col=items_item_col, text_cols=text_cols)
+    with _phase("read items"):
+        item_table = load_items(items, item_col=items_item_col, text_cols=text_cols)
     return load_interactions(
         dataset,
         items=item_table,
@@ -522,7 +643,9 @@ def load_split(options: dict) -> tuple[InteractionData, LeaveOneOutSplit]:
     names = set(inspect.signature(load_data).parameters)
     data = load_data(**{k: v for k, v in options.items() if k in names})
     split_options = {k: options[k] for k in ("min_length",) if k in options}
-    return data, leave_one_out(data, **split_options)
+    with _phase("split"):
+        split = leave_one_out(data, **split_options)
+    return data, split
 
 
 # ---------------------------------------------------------------------------------------------

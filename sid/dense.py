@@ -225,13 +225,35 @@ def dense_loss(
     hidden: torch.Tensor,
     input_ids: torch.Tensor,
     labels: torch.Tensor,
+    *,
+    num_negatives: int = 0,
 ) -> torch.Tensor:
-    """Full-softmax cross-entropy of the dense head; hidden FloatTensor [B, T, H]."""
+    """Cross-entropy of the dense head; hidden FloatTensor [B, T, H].
+
+    `num_negatives` 0 (or at least the catalogue's size): full softmax over every item, logits
+    [P, N] for the P target positions of the batch. Otherwise a sampled softmax: each position
+    scores its own target against `num_negatives` items drawn uniformly for the whole batch
+    (a draw equal to the position's target is masked out), logits [P, 1 + K]. Its memory and
+    time do not grow with the catalogue: what a 10^6-item catalogue needs, where the full
+    logits of a batch take gigabytes (BENCHMARKS.md, Scale). With a uniform proposal the
+    log-Q correction is the same for every candidate and drops out of the softmax.
+    """
     targets = dense_targets(wrapper, input_ids, labels)
     keep = targets != IGNORE
     if not bool(keep.any()):
         return hidden.sum() * 0.0
-    return F.cross_entropy(wrapper.dense.scores(hidden[keep]), targets[keep])
+    h, target = hidden[keep].float(), targets[keep]
+    table = wrapper.dense.items.weight
+    if num_negatives < 0:
+        raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
+    if num_negatives == 0 or num_negatives >= table.shape[0]:
+        return F.cross_entropy(wrapper.dense.scores(h), target)
+    negatives = torch.randint(table.shape[0], (num_negatives,), device=table.device)
+    positive = (h * table[target].float()).sum(-1, keepdim=True)  # [P, 1]
+    sampled = h @ table[negatives].float().T  # [P, K]
+    sampled = sampled.masked_fill(negatives[None, :] == target[:, None], float("-inf"))
+    logits = torch.cat([positive, sampled], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(target))
 
 
 def fused_scores(

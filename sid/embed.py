@@ -298,3 +298,80 @@ def _align(
             f"{source}: no embedding for {len(missing)} catalogue item(s), e.g. {missing[:5]}"
         )
     return vectors[[position[item] for item in item_ids]]
+
+
+def embed_items(
+    texts: Sequence[str],
+    output: str | os.PathLike,
+    *,
+    item_ids: Sequence[str],
+    model: str = DEFAULT_EMBEDDING_MODEL,
+    batch_size: int = 256,
+    normalize: bool = True,
+    device: str | None = None,
+    show_progress: bool = True,
+) -> np.ndarray | None:
+    """Encode the catalogue's `texts` into `output` (`.safetensors` with the `item_ids` order,
+    which `train.py --embeddings` reads), over every process of a launch.
+
+    One process encodes everything. Under `accelerate launch --num_processes N embed.py ...`
+    each process encodes its contiguous block of texts (`sid.distributed.process_slice`) on its
+    own device and writes it to a part file beside `output`; once all are written, the main
+    process joins them in order, checks the whole (one finite row per item), writes `output`
+    atomically and removes the parts. Returns the vectors on the main process, None on the
+    others. A failed process leaves no `output`.
+    """
+    from sid.distributed import distributed_state, process_slice
+
+    output = Path(output)
+    if output.suffix != ".safetensors":
+        raise ValueError(f"{output}: the embeddings are written as .safetensors")
+    if len(item_ids) != len(texts):
+        raise ValueError(f"{len(item_ids)} item ids for {len(texts)} texts")
+    if len(texts) == 0:
+        raise ValueError("no texts to embed")
+    state = distributed_state(device)
+    n, rank = (1, 0) if state is None else (state.num_processes, state.process_index)
+    if state is not None and device is None:
+        device = str(state.device)
+    lo, hi = process_slice(len(texts), n, rank)
+    empty = [i for i in range(lo, hi) if not str(texts[i]).strip()]
+    if empty:
+        raise ValueError(f"{len(empty)} item text(s) are empty, first at row {empty[0]}")
+    start = time.perf_counter()
+    encoder = _load_encoder(model, device=device)
+    part = None
+    if hi > lo:
+        part = _encode_in_batches(
+            encoder,
+            [str(t) for t in texts[lo:hi]],
+            batch_size=batch_size,
+            normalize=normalize,
+            progress=show_progress and rank == 0,
+        )
+    if state is None:
+        vectors = part
+    else:
+        parts = [
+            output.with_name(f".{output.name}.part-{k:05d}-of-{n:05d}.safetensors")
+            for k in range(n)
+        ]
+        if part is not None:
+            save_embeddings(parts[rank], part)
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            state.wait_for_everyone()  # until the main process has written `output`
+            return None
+        pieces = [load_file(str(p))["embeddings"].numpy() for p in parts if p.exists()]
+        vectors = np.concatenate(pieces) if pieces else None
+    check_embeddings(vectors, expected_rows=len(texts), source=f"encoder {model}")
+    save_embeddings(output, vectors, item_ids=item_ids, metadata={"model": model})
+    if state is not None:
+        for p in parts:
+            p.unlink(missing_ok=True)
+        state.wait_for_everyone()
+    logger.info(
+        f"embedded {len(texts):,} texts with {model} ({vectors.shape[1]}-d) over {n} "
+        f"process(es) in {time.perf_counter() - start:.1f} s → {output}"
+    )
+    return vectors

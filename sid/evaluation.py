@@ -4,6 +4,12 @@ eval.py parses arguments and calls `evaluate_run` (or `sid.report.compare_runs`)
 are served by `sid.recommender.Recommender`; this module loads the data split, loops over user
 batches, and computes the metrics. The report is written to `RUN/report/`: `metrics.json`,
 `report.md` (tables that read well on GitHub) and PNG plots.
+
+Under a multi-process launch (`accelerate launch --num_processes N eval.py RUN`, CPUs or
+GPUs) the user batches are split between the processes in contiguous blocks
+(`shard_batches`), every process evaluates its block, the per-user results are gathered in
+process order with `accelerate.utils.gather_object` — the same arrays, in the same order, as
+one process computes — and only the main process writes the report.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from tqdm.auto import tqdm
 from sid import metrics as M
 from sid.data import LeaveOneOutSplit
 from sid.dense import DENSE_BEAM_WEIGHT
+from sid.distributed import distributed_state, process_slice
 from sid.model import SIDRecModel
 from sid.ranking import DEFAULT_BEAM_WEIGHT
 from sid.recommender import (
@@ -81,6 +88,50 @@ def history_batch(
     return batch.input_ids, batch.attention_mask, batch.seen
 
 
+# --------------------------------------------------------------------------- processes
+def shard_batches(
+    num_users: int, batch_size: int, num_processes: int = 1, process_index: int = 0
+) -> list[int]:
+    """First user of each batch that process `process_index` of `num_processes` evaluates.
+
+    The batches are the one-process run's (`range(0, num_users, batch_size)`), split in
+    contiguous blocks like `PartialState.split_between_processes` (the first
+    `len % num_processes` processes take one more): the blocks, in process order, are all the
+    batches once, in order — so the gathered per-user results line up with one process's.
+    """
+    if num_processes < 1 or not 0 <= process_index < num_processes:
+        raise ValueError(f"process_index {process_index} of {num_processes} processes")
+    starts = list(range(0, num_users, batch_size))
+    lo, hi = process_slice(len(starts), num_processes, process_index)
+    return starts[lo:hi]
+
+
+def _process_device(device: str | None, state) -> str | torch.device | None:
+    """The device of this process: under a multi-process launch `None` (or a bare "cuda")
+    means the process's own accelerator (`cuda:LOCAL_RANK`; the CPU when launched with
+    --cpu); a device named in full is used as given."""
+    if state is None or device not in (None, "cuda"):
+        return device
+    if device == "cuda" and state.device.type != "cuda":
+        return device
+    return state.device
+
+
+def _gathered(local: dict, state) -> list[dict]:
+    """Every process's `local` results, in process order (just `[local]` for one process)."""
+    if state is None:
+        return [local]
+    from accelerate.utils import gather_object
+
+    return gather_object([local])
+
+
+def _joined(parts: list[dict], key: str):
+    """Concatenate the processes' `key` tensors in process order (None when none has one)."""
+    pieces = [p[key] for p in parts if p[key] is not None]
+    return torch.cat(pieces) if pieces else None
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     *,
@@ -106,6 +157,14 @@ def evaluate_run(
     `dense` (the dense head's full-catalogue top items) and `dense+beam`
     (`sid.dense.fused_scores` with `dense_beam_weight`). `outcome` (default: the most frequent
     train outcome) is the one decoded under.
+
+    Launched over several processes (`accelerate launch --num_processes N`), each process
+    evaluates its block of user batches (`shard_batches`) on its own device (`device=None`:
+    the process's accelerator, see `_process_device`), the per-user results are gathered in
+    user order, and every process returns the same metrics — those of one process, bar the
+    timings; only the main process logs and writes the report. `latency` is then measured
+    per process over its own batches, pooled over all batches, with `num_processes` and the
+    processes' combined `aggregate_users_per_s`.
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -118,8 +177,14 @@ def evaluate_run(
         beam_weight=beam_weight,
         max_users=max_users,
     )
+    state = distributed_state(device)
+    num_processes = 1 if state is None else state.num_processes
+    process_index = 0 if state is None else state.process_index
+    is_main = process_index == 0
     split, config = load_run_data(run_dir)
-    recommender = Recommender.from_run(run_dir, device=device, rerank=rerank)
+    recommender = Recommender.from_run(
+        run_dir, device=_process_device(device, state), rerank=rerank
+    )
     rec = recommender.rec
     if rec.sids.item_ids != split.data.item_ids:
         raise ValueError(
@@ -137,18 +202,21 @@ def evaluate_run(
         users = users[:max_users]
     gold_items = split.targets(split_name)[0][users]
     gold_codes = rec.sids.codes[torch.as_tensor(gold_items)]
-    logger.info(
-        f"evaluating {run_dir} on {len(users)} users ({split_name} targets, "
-        f"{'history excluded' if exclude_history else 'history kept'}, outcome {outcome}, "
-        f"methods {', '.join(recommender.methods)}) on {recommender.device}"
-    )
+    if is_main:
+        logger.info(
+            f"evaluating {run_dir} on {len(users)} users ({split_name} targets, "
+            f"{'history excluded' if exclude_history else 'history kept'}, outcome {outcome}, "
+            f"methods {', '.join(recommender.methods)}) on {recommender.device}"
+            + (f", {num_processes} processes" if num_processes > 1 else "")
+        )
     ranked, beam_codes, reranked, level_correct = [], [], [], []
     dense_ranked, fused_ranked, dense_deep = [], [], []
     batch_seconds, batch_sizes, rank_seconds = [], [], 0.0
     seen_items = []  # [b, M] history items per batch, -1 padded
-    starts = range(0, len(users), batch_size)
+    starts = shard_batches(len(users), batch_size, num_processes, process_index)
+    bar = tqdm(starts, desc="eval", unit="batch", mininterval=1, leave=False, disable=not is_main)
     with torch.inference_mode():
-        for start in tqdm(starts, desc="eval", unit="batch", mininterval=1, leave=False):
+        for start in bar:
             batch = users[start : start + batch_size]
             input_ids, mask, seen = history_batch(
                 rec, split, batch, split_name, recommender.max_items
@@ -186,8 +254,47 @@ def evaluate_run(
                     outcome=outcome,
                 ).cpu()
             )
-    ranked_np = torch.cat(ranked).numpy()
-    codes = torch.cat(beam_codes)
+    # the popularity baseline of this process's users: row by row, so it shards too
+    popular = None
+    if batch_sizes:
+        histories = None
+        if exclude_history:  # the batches' history items, padded to one width
+            width = max(int(x.shape[1]) for x in seen_items)
+            histories = torch.cat(
+                [F.pad(x.cpu(), (width - x.shape[1], 0), value=-1) for x in seen_items]
+            )
+        popular = M.popularity_ranking(
+            split.train_items,
+            num_items=split.data.num_items,
+            k=max(top_k, CURVE_DEPTH),
+            exclude=histories,
+            num_users=sum(batch_sizes),
+        )
+    local = {
+        "ranked": ranked,
+        "codes": beam_codes,
+        "reranked": reranked,
+        "dense_ranked": dense_ranked,
+        "fused_ranked": fused_ranked,
+        "dense_deep": dense_deep,
+        "level_correct": level_correct,
+    }
+    local = {k: torch.cat(v) if v else None for k, v in local.items()}
+    local.update(
+        popular=popular,
+        batch_seconds=batch_seconds,
+        batch_sizes=batch_sizes,
+        rank_seconds=rank_seconds,
+    )
+    parts = _gathered(local, state)  # one dict per process, in process order
+    evaluated = sum(sum(p["batch_sizes"]) for p in parts)
+    if evaluated != len(users):
+        raise RuntimeError(f"the processes evaluated {evaluated} users of {len(users)}")
+    batch_seconds = [t for p in parts for t in p["batch_seconds"]]
+    batch_sizes = [n for p in parts for n in p["batch_sizes"]]
+    rank_seconds = sum(p["rank_seconds"] for p in parts)
+    ranked_np = _joined(parts, "ranked").numpy()
+    codes = _joined(parts, "codes")
     results: dict = {
         "run": str(run_dir),
         "split": split_name,
@@ -199,9 +306,10 @@ def evaluate_run(
         "exclude_history": exclude_history,
         "beam_weight": beam_weight if ranker is not None else None,
         "model_fingerprint": recommender.model_fingerprint,
+        "num_processes": num_processes,
         "retrieval": M.ranking_metrics(ranked_np, gold_items),
     }
-    tf = torch.cat(level_correct).float().mean(dim=0)
+    tf = _joined(parts, "level_correct").float().mean(dim=0)
     train_codes = rec.sids.codes[torch.as_tensor(split.train_items)]
     results["per_level_accuracy"] = {
         "teacher_forced": [round(float(x), 4) for x in tf.tolist()],
@@ -213,36 +321,37 @@ def evaluate_run(
         "duplicate_rate": M.duplicate_rate(ranked_np),
         **{f"coverage@{k}": M.coverage_at_k(ranked_np, split.data.num_items, k) for k in (10, 20)},
     }
-    results["latency"] = {**M.latency_summary(batch_seconds, batch_sizes), "batch_size": batch_size}
-    if reranked:
-        results["latency"]["ranking_share"] = rank_seconds / (sum(batch_seconds) + rank_seconds)
-    histories = None
-    if exclude_history:  # the batches' history items, padded to one width
-        width = max(int(x.shape[1]) for x in seen_items)
-        histories = torch.cat(
-            [F.pad(x.cpu(), (width - x.shape[1], 0), value=-1) for x in seen_items]
+    results["latency"] = {
+        **M.latency_summary(batch_seconds, batch_sizes),
+        "batch_size": batch_size,
+        "num_processes": num_processes,
+    }
+    if num_processes > 1:  # the processes ran side by side: the slowest one bounds them
+        slowest = max(sum(p["batch_seconds"]) for p in parts)
+        results["latency"]["aggregate_users_per_s"] = (
+            len(users) / slowest if slowest > 0 else float("inf")
         )
-    popular = M.popularity_ranking(
-        split.train_items,
-        num_items=split.data.num_items,
-        k=max(top_k, CURVE_DEPTH),
-        exclude=histories,
-        num_users=len(users),
-    ).numpy()
+    reranked = _joined(parts, "reranked")
+    if reranked is not None:
+        results["latency"]["ranking_share"] = rank_seconds / (sum(batch_seconds) + rank_seconds)
+    popular = _joined(parts, "popular").numpy()
     results["popularity"] = M.ranking_metrics(popular[:, :top_k], gold_items)
     curves = {
         "retrieval": M.recall_curve(ranked_np, gold_items),
         "popularity": M.recall_curve(popular[:, :CURVE_DEPTH], gold_items, CURVE_DEPTH),
     }
-    if reranked:
-        reranked_np = torch.cat(reranked).numpy()
+    if reranked is not None:
+        reranked_np = reranked.numpy()
         results["retrieval+ranking"] = M.ranking_metrics(reranked_np, gold_items)
         curves["retrieval+ranking"] = M.recall_curve(reranked_np, gold_items)
-    if dense_ranked:
-        results["dense"] = M.ranking_metrics(torch.cat(dense_ranked).numpy(), gold_items)
-        results["dense+beam"] = M.ranking_metrics(torch.cat(fused_ranked).numpy(), gold_items)
+    dense_top = _joined(parts, "dense_ranked")
+    if dense_top is not None:
+        results["dense"] = M.ranking_metrics(dense_top.numpy(), gold_items)
+        results["dense+beam"] = M.ranking_metrics(
+            _joined(parts, "fused_ranked").numpy(), gold_items
+        )
         results["dense_beam_weight"] = dense_beam_weight
-        curves["dense"] = M.recall_curve(torch.cat(dense_deep).numpy(), gold_items)
+        curves["dense"] = M.recall_curve(_joined(parts, "dense_deep").numpy(), gold_items)
     results["recall_curve"] = curves
     results["codebook_usage"] = M.codebook_usage(rec.sids.codes, rec.sids.codebook_sizes)
     results["codebook_sizes"] = list(rec.sids.codebook_sizes)
@@ -251,24 +360,36 @@ def evaluate_run(
     results["training"] = config.get("training")
     results["trained_at"] = config.get("trained_at")
     results["data_summary"] = {**split.data.summary(), **split.summary()}
-    results["options"] = {k: config[k] for k in ("data", "sid", "model", "run") if k in config}
+    results["options"] = {
+        k: config[k] for k in ("data", "sid", "model", "run", "training_arguments") if k in config
+    }
     from sid.report import hardware_summary
 
-    results["hardware"] = hardware_summary(recommender.device)
+    results["hardware"] = {**hardware_summary(recommender.device), "num_processes": num_processes}
     results["eval_seconds"] = round(time.perf_counter() - started, 3)
-    logger.info(
-        f"evaluated {len(users)} users in {results['eval_seconds']:.1f}s: "
-        + ", ".join(
-            f"{kind} recall@10 {results[kind]['recall@10']:.4f}"
-            for kind in ("retrieval", "retrieval+ranking", "dense", "dense+beam", "popularity")
-            if kind in results and "recall@10" in results[kind]
+    if is_main:
+        logger.info(
+            f"evaluated {len(users)} users in {results['eval_seconds']:.1f}s: "
+            + ", ".join(
+                f"{kind} recall@10 {results[kind]['recall@10']:.4f}"
+                for kind in ("retrieval", "retrieval+ranking", "dense", "dense+beam", "popularity")
+                if kind in results and "recall@10" in results[kind]
+            )
         )
-    )
-    if write_report:
+    if write_report and is_main:
         from sid.report import write_report_files
 
         write_report_files(run_dir / "report", results)
+    if state is not None:
+        state.wait_for_everyone()  # every process returns once the report is written
     return results
 
 
-__all__ = ["check_ranker_binding", "evaluate_run", "history_batch", "left_pad", "load_run_data"]
+__all__ = [
+    "check_ranker_binding",
+    "evaluate_run",
+    "history_batch",
+    "left_pad",
+    "load_run_data",
+    "shard_batches",
+]

@@ -1,9 +1,10 @@
 """Reading interaction and item tables from files, with checks that name the file, the line
 and the flag that fixes a problem; `sid.data` builds its datasets on top of these.
 
-Formats: CSV/TSV/Parquet/JSON Lines through `datasets`/Arrow, or a folder written by
+Formats: CSV/TSV/Parquet/JSON Lines through `datasets`/Arrow, a folder of Parquet shards
+(`part-00000.parquet`, ... read in name order as one table), or a folder written by
 `Dataset.save_to_disk`. "line N" is a line of a text file (the header is line 1), "row N"
-(from 0) a row of Parquet or a dataset folder.
+(from 0) a row of Parquet or a dataset folder, "row N of SHARD" a row of one shard.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import io
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +46,107 @@ _INTERACTIONS_FLAGS = {
 }
 
 
+# Rows per record batch of the Arrow cache `datasets` writes (its default is 1,000): 10M rows
+# would otherwise make 10,000 chunks, which doubles the time and the memory of reading them
+# and slows every compute call over the column. 100k rows keeps a batch of text well under
+# Arrow's 2 GB limit per string column chunk (up to ~20 KB per value).
+_WRITER_BATCH_SIZE = 100_000
+
+# Files `Dataset.save_to_disk` / `DatasetDict.save_to_disk` write: they mark a saved dataset
+# folder, which is told apart from a folder of Parquet shards by them.
+_SAVED_DATASET_MARKERS = ("state.json", "dataset_info.json", "dataset_dict.json")
+
+
+@dataclass(frozen=True)
+class ShardRows:
+    """Where the rows of a table read from Parquet shards come from: shard k holds table rows
+    `starts[k]` to `starts[k + 1] - 1`; messages name a row as "row N of SHARD"."""
+
+    names: list[str]
+    starts: np.ndarray  # int64 [shards + 1]
+
+    def place(self, row: int) -> str:
+        k = int(np.searchsorted(self.starts, row, side="right")) - 1
+        return f"row {int(row) - int(self.starts[k])} of {self.names[k]}"
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return any((path / marker).is_file() for marker in _SAVED_DATASET_MARKERS)
+
+
+def _parquet_shards(path: Path, *, what: str) -> list[Path]:
+    """The Parquet files of folder `path`, sorted by name (hidden and `_`-prefixed files, such
+    as Spark's `_SUCCESS`, are skipped, as Arrow skips them); refuses a folder with none."""
+    shards = sorted(
+        (
+            f
+            for f in path.iterdir()
+            if f.suffix.lower() == ".parquet" and f.is_file() and not f.name.startswith((".", "_"))
+        ),
+        key=lambda f: f.name,
+    )
+    if not shards:
+        nested = next((f for f in path.rglob("*.parquet") if f.is_file()), None)
+        hint = (
+            f"; subfolders are not read (e.g. {nested.relative_to(path)}): pass the folder that "
+            "holds the shards"
+            if nested
+            else ""
+        )
+        raise ValueError(
+            f"{what} folder {path} holds no .parquet files and is not a dataset saved with "
+            f"Dataset.save_to_disk (no {' or '.join(_SAVED_DATASET_MARKERS)}){hint}"
+        )
+    return shards
+
+
+def _shard_schema(shards: list[Path], *, folder: Path, what: str) -> pa.Schema:
+    """The one schema every shard shares (read from the Parquet footers, no data); refuses
+    shards that disagree on column names or types, naming the shard and the columns."""
+    import pyarrow.parquet as pq
+
+    first = None
+    for shard in shards:
+        try:
+            schema = pq.read_schema(shard)
+        except (pa.ArrowException, OSError) as err:
+            raise ValueError(f"could not read {what} shard {shard}: {err}") from err
+        if first is None:
+            first, first_name = schema, shard.name
+            continue
+        names, reference = set(schema.names), set(first.names)
+        if names != reference:
+            missing = [n for n in first.names if n not in names]
+            extra = [n for n in schema.names if n not in reference]
+            raise ValueError(
+                f"{what} folder {folder}: shards disagree on columns: {shard.name} has "
+                f"{schema.names}, {first_name} has {first.names}"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; extra {extra}" if extra else "")
+                + "; every shard must have the same columns"
+            )
+        for name in first.names:
+            a, b = first.field(name).type, schema.field(name).type
+            if a != b and not (pa.types.is_null(a) or pa.types.is_null(b)):
+                raise ValueError(
+                    f"{what} folder {folder}: shards disagree on the type of column {name!r}: "
+                    f"{a} in {first_name}, {b} in {shard.name}; write every shard with the "
+                    "same schema"
+                )
+    return first
+
+
 def _file_format(path: Path, *, sep: str | None, what: str) -> tuple[str, str | None]:
-    """(format, separator) of a data file, or ("folder", None); refuses a missing, empty or
-    unknown file with a message that names it."""
+    """(format, separator) of a data file, ("folder", None) for a saved dataset folder, or
+    ("shards", None) for a folder of Parquet files; refuses a missing, empty or unknown file
+    with a message that names it."""
     if not path.exists():
         raise FileNotFoundError(f"{what} file not found: {path}")
     if path.is_dir():
-        return "folder", None
+        if _is_saved_dataset(path):
+            return "folder", None
+        _parquet_shards(path, what=what)  # refuses a folder with no Parquet file
+        return "shards", None
     if path.stat().st_size == 0:
         raise ValueError(f"{what} file is empty: {path}")
     fmt = _FORMATS.get(path.suffix.lower())
@@ -81,14 +177,20 @@ def _load_folder(path: Path, *, what: str):
     return ds
 
 
+# How messages name a table's rows (see `_place`): file lines, shard rows, or row numbers.
+Places = np.ndarray | ShardRows | None
+
+
 def _read_table(
     path: str | os.PathLike, *, sep: str | None = None, what: str
-) -> tuple[pa.Table, np.ndarray | None]:
-    """Read a file or a saved HF dataset folder into an Arrow table through `datasets`.
+) -> tuple[pa.Table, Places]:
+    """Read a file, a folder of Parquet shards or a saved HF dataset folder into an Arrow
+    table through `datasets` (memory-mapped from its Arrow cache).
 
     Returns (table, lines): `lines` int64 [rows] holds the 1-based line of the file on which
-    each row starts (CSV/TSV/JSON Lines), or is None where rows have no line (Parquet, dataset
-    folders, a JSON array), and messages then name rows by number.
+    each row starts (CSV/TSV/JSON Lines); for Parquet shards it is a `ShardRows`; it is None
+    where rows have no line (one Parquet file, dataset folders, a JSON array), and messages
+    then name rows by number.
     """
     import datasets
 
@@ -97,8 +199,18 @@ def _read_table(
     if fmt == "folder":
         return _load_folder(path, what=what).data.table, None
     kwargs: dict = {}
-    lines = None
-    if fmt == "csv":
+    lines: Places = None
+    data_files: str | list[str] = str(path)
+    if fmt == "shards":
+        import pyarrow.parquet as pq
+
+        shards = _parquet_shards(path, what=what)
+        _shard_schema(shards, folder=path, what=what)
+        counts = [pq.ParquetFile(f).metadata.num_rows for f in shards]
+        lines = ShardRows([f.name for f in shards], np.concatenate([[0], np.cumsum(counts)]))
+        data_files = [str(f) for f in shards]
+        fmt = "parquet"
+    elif fmt == "csv":
         # Comma-separated files follow RFC 4180 (a field may be quoted to hold commas, quotes
         # or newlines); tab-separated ones are read verbatim, as TSV has no quoting and titles
         # such as `"Great Performances" Cats` must keep their quotes.
@@ -120,7 +232,13 @@ def _read_table(
     verbose = datasets.utils.logging.is_progress_bar_enabled()
     datasets.utils.logging.disable_progress_bar()
     try:
-        ds = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
+        ds = datasets.load_dataset(
+            fmt,
+            data_files=data_files,
+            split="train",
+            writer_batch_size=_WRITER_BATCH_SIZE,
+            **kwargs,
+        )
     except Exception as err:
         raise ValueError(f"could not read {what} file {path}: {err}") from err
     finally:
@@ -129,13 +247,19 @@ def _read_table(
     table = ds.data.table
     if table.num_rows == 0:
         raise ValueError(f"{what} file has a header but no rows: {path}")
-    if lines is not None and len(lines) != table.num_rows:
+    if isinstance(lines, ShardRows):
+        if int(lines.starts[-1]) != table.num_rows:
+            lines = None  # the shards changed while being read: name rows by number
+    elif lines is not None and len(lines) != table.num_rows:
         lines = None  # e.g. a JSON array, not JSON Lines: rows are then named by number
     return table, lines
 
 
-def _place(row: int, lines: np.ndarray | None) -> str:
-    """How a message names data row `row` (from 0): its file line when known, else its number."""
+def _place(row: int, lines: Places) -> str:
+    """How a message names data row `row` (from 0): its file line when known, its shard and
+    row within it for Parquet shards, else its number."""
+    if isinstance(lines, ShardRows):
+        return lines.place(row)
     return f"line {int(lines[row])}" if lines is not None else f"row {int(row)}"
 
 
@@ -244,6 +368,8 @@ def _column_names(path: Path, *, sep: str | None, what: str, needed: Sequence[st
     try:
         if fmt == "folder":
             names = _load_folder(path, what=what).column_names
+        elif fmt == "shards":
+            names = _shard_schema(_parquet_shards(path, what=what), folder=path, what=what).names
         elif fmt == "parquet":
             import pyarrow.parquet as pq
 
@@ -327,22 +453,20 @@ def _as_str(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.utf8_trim_whitespace(pc.cast(column, pa.string()))
 
 
-def _numeric(
-    column: pa.ChunkedArray, *, name: str, where: str, lines: np.ndarray | None = None
-) -> np.ndarray:
+def _numeric(column: pa.ChunkedArray, *, name: str, where: str, lines: Places = None) -> np.ndarray:
+    """Numbers (or text holding numbers) → float64 [N]; refuses text that is not a number,
+    NaN (an empty Parquet value included) and ±inf with the line or row."""
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
         values = column.to_numpy(zero_copy_only=False).astype(np.float64)
     else:
-        text = _as_str(column).to_numpy(zero_copy_only=False)
+        # Arrow parses the text (no Python string per row); a null becomes NaN below.
+        text = _as_str(column)
         try:
-            values = text.astype(np.float64)
-        except ValueError:
-            bad = next(
-                (i, v) for i, v in enumerate(text) if not _is_float(v)
-            )  # only on the error path
+            values = pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            row, value = _first_non_float(text)
             raise ValueError(
-                f"{where}: column {name!r} must be numeric; {_place(bad[0], lines)} holds "
-                f"{bad[1]!r}"
+                f"{where}: column {name!r} must be numeric; {_place(row, lines)} holds {value!r}"
             ) from None
     if np.isnan(values).any():
         row = int(np.flatnonzero(np.isnan(values))[0])
@@ -360,7 +484,7 @@ _INT64_LIMIT = 2.0**63  # |t| at or beyond this does not fit the int64 timestamp
 
 
 def _timestamps(
-    column: pa.ChunkedArray, *, name: str, where: str, lines: np.ndarray | None = None
+    column: pa.ChunkedArray, *, name: str, where: str, lines: Places = None
 ) -> np.ndarray:
     """Time column → int64 or float64 [N] for ordering; refuses values int64 cannot hold.
 
@@ -375,7 +499,7 @@ def _timestamps(
                 f"{where}: column {name!r} holds {int(values[row])} at {_place(row, lines)}, "
                 "beyond the int64 range of timestamps"
             )
-        return values.astype(np.int64)
+        return values.astype(np.int64, copy=False)
     if not pa.types.is_floating(column.type):
         text = _as_str(column)
         try:
@@ -393,6 +517,28 @@ def _timestamps(
             "epoch"
         )
     return values
+
+
+def _first_non_float(text: pa.ChunkedArray) -> tuple[int, str]:
+    """(row, value) of the first value of `text` Arrow cannot parse as a number. Only on the
+    error path: the chunks are cast one by one and only the failing one is read in Python."""
+    start = 0
+    for chunk in text.chunks:
+        try:
+            pc.cast(chunk, pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            for i, value in enumerate(chunk.to_pylist()):
+                if value is not None and not _is_float(value):
+                    return start + i, value
+            # Arrow refused what Python reads as a number (e.g. "1_000"): name the chunk's
+            # first value that Arrow alone refuses
+            for i in range(len(chunk)):
+                try:
+                    pc.cast(chunk.slice(i, 1), pa.float64())
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    return start + i, chunk[i].as_py()
+        start += len(chunk)
+    raise AssertionError("no value failed to parse")  # pragma: no cover
 
 
 def _is_float(value: str) -> bool:

@@ -274,8 +274,9 @@ def resolve_aliases(cls, options: dict) -> dict:
     return out
 
 
-def joint_dense_loss(model, inputs: dict, *, dense_weight: float = 1.0):
-    """LM next-token loss + `dense_weight` × the dense head's full-softmax item loss.
+def joint_dense_loss(model, inputs: dict, *, dense_weight: float = 1.0, dense_negatives: int = 0):
+    """LM next-token loss + `dense_weight` × the dense head's item loss (full softmax, or a
+    sampled softmax over `dense_negatives` uniform negatives, see `sid.dense.dense_loss`).
 
     For an LM with a `sid.dense.DenseRetrieval` attached: one forward gives the states for both
     heads. `model` may be wrapped by the engine (DDP, FSDP …): the forward goes through the
@@ -301,7 +302,7 @@ def joint_dense_loss(model, inputs: dict, *, dense_weight: float = 1.0):
     lm = torch.nn.functional.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE
     )
-    dense = dense_loss(wrapper, hidden, inputs["input_ids"], labels)
+    dense = dense_loss(wrapper, hidden, inputs["input_ids"], labels, num_negatives=dense_negatives)
     return lm + dense_weight * dense, CausalLMOutputWithPast(loss=lm, logits=logits)
 
 
@@ -312,9 +313,15 @@ def _dense_trainer_class():
         """`Trainer` whose loss adds the dense retrieval head's item loss to the LM loss."""
 
         dense_weight = 1.0
+        dense_negatives = 0
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss, outputs = joint_dense_loss(model, inputs, dense_weight=self.dense_weight)
+            loss, outputs = joint_dense_loss(
+                model,
+                inputs,
+                dense_weight=self.dense_weight,
+                dense_negatives=self.dense_negatives,
+            )
             return (loss, outputs) if return_outputs else loss
 
     return DenseTrainer
@@ -328,11 +335,13 @@ def make_trainer(
     pad_token_id: int,
     *,
     dense_weight: float = 1.0,
+    dense_negatives: int = 0,
 ):
     """An HF `Trainer` over our token-id datasets (accelerate handles devices and processes).
 
     When `lm` has a `sid.dense.DenseRetrieval` attached, the loss is the LM loss plus
-    `dense_weight` × the dense head's full-softmax loss (`joint_dense_loss`).
+    `dense_weight` × the dense head's loss (`joint_dense_loss`): full softmax, or sampled over
+    `dense_negatives` uniform negatives when that is > 0.
     """
     from datasets import Dataset
     from transformers import Trainer
@@ -343,6 +352,7 @@ def make_trainer(
     if DenseRetrieval.attached(lm) is not None:
         trainer_cls = _dense_trainer_class()
         trainer_cls.dense_weight = float(dense_weight)
+        trainer_cls.dense_negatives = int(dense_negatives)
 
     train = Dataset.from_dict({k: train_columns[k] for k in ("input_ids", "labels")})
     evaluation = (

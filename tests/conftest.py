@@ -123,3 +123,38 @@ def pipeline_options(dataset: Path, run_dir: Path, **extra):
     )
     values.update(extra)
     return arguments_from_dict(values)
+
+
+def launch_processes(script: str, *argv: str, num_processes: int = 2, timeout: int = 300):
+    """`accelerate launch` `script` (a file of the repository root) over `num_processes` local
+    processes; returns the CompletedProcess (text output captured).
+
+    `--multi_gpu` is torchrun's launcher: on a machine without an accelerator the ranks join a
+    gloo group on the CPU (accelerate's `--cpu` alone starts one process unless MPI is there).
+    One torch thread per process, no GPU, a free port, the hub offline."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    launch += ["--num_processes", str(num_processes), "--num_machines", "1"]
+    launch += [
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+    ]
+    return subprocess.run(
+        [*launch, script, *map(str, argv)],
+        cwd=Path(__file__).resolve().parents[1],
+        env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES=""),
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )

@@ -9,6 +9,7 @@ from sid.dense import (
     IGNORE,
     DenseConfig,
     DenseRetrieval,
+    dense_loss,
     dense_targets,
     fuse_with_beam,
     fused_scores,
@@ -118,8 +119,10 @@ def test_save_load_and_detach_round_trip(tmp_path, setup):
         DenseRetrieval.from_pretrained(tmp_path / "missing")
 
 
-def test_joint_loss_trains_the_dense_head_to_rank_the_next_item_first(setup):
+@pytest.mark.parametrize("negatives", [0, 4])
+def test_joint_loss_trains_the_dense_head_to_rank_the_next_item_first(setup, negatives):
     rec, dense, wrapper, split = setup
+    assert negatives < len(rec.sids)  # 4: a sampled softmax
     w = build_train_windows(split, rec.sids, rec.vocab, max_items=6)
     ids = torch.tensor([x for x in w["input_ids"] if len(x) == len(w["input_ids"][0])])
     labels = torch.tensor([x for x in w["labels"] if len(x) == ids.shape[1]])
@@ -127,8 +130,8 @@ def test_joint_loss_trains_the_dense_head_to_rank_the_next_item_first(setup):
     opt = torch.optim.AdamW(rec.lm.parameters(), lr=1e-2)
     assert any(p is dense.items.weight for p in rec.lm.parameters())
     rec.lm.train()
-    for _ in range(60):
-        loss, _ = joint_dense_loss(rec.lm, batch)
+    for _ in range(60 if negatives == 0 else 150):  # 4 of 12 items a step: slower
+        loss, _ = joint_dense_loss(rec.lm, batch, dense_negatives=negatives)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -139,6 +142,38 @@ def test_joint_loss_trains_the_dense_head_to_rank_the_next_item_first(setup):
     keep = targets != IGNORE
     top1 = dense.scores(h[keep]).argmax(-1)
     assert (top1 == targets[keep]).float().mean() > 0.9
+
+
+def test_sampled_softmax_scores_the_target_against_the_drawn_items_only(setup):
+    rec, dense, wrapper, split = setup
+    w = build_train_windows(split, rec.sids, rec.vocab, max_items=6)
+    ids = torch.tensor([x for x in w["input_ids"] if len(x) == len(w["input_ids"][0])])
+    labels = torch.tensor([x for x in w["labels"] if len(x) == ids.shape[1]])
+    hidden = torch.randn(*ids.shape, 32)
+    n = len(rec.sids)
+    full = dense_loss(wrapper, hidden, ids, labels)
+    # as many negatives as items: the full softmax itself
+    assert torch.equal(dense_loss(wrapper, hidden, ids, labels, num_negatives=n), full)
+    targets = dense_targets(wrapper, ids, labels)
+    target = targets[targets != IGNORE]
+    torch.manual_seed(3)
+    drawn = torch.randint(n, (3,))
+    torch.manual_seed(3)
+    sampled = dense_loss(wrapper, hidden, ids, labels, num_negatives=3)
+    # by hand: target vs the 3 draws, a draw that is the target itself masked out
+    h = hidden[targets != IGNORE]
+    table = dense.items.weight.detach()
+    logits = torch.cat([(h * table[target]).sum(-1, keepdim=True), h @ table[drawn].T], 1)
+    logits[:, 1:][drawn[None] == target[:, None]] = float("-inf")
+    expected = torch.nn.functional.cross_entropy(logits, torch.zeros_like(target))
+    assert torch.allclose(sampled, expected, atol=1e-6)
+    # only the target rows and the drawn rows of the item table receive a gradient
+    dense.items.weight.grad = None
+    sampled.backward()
+    touched = set(dense.items.weight.grad.abs().sum(-1).nonzero().flatten().tolist())
+    assert touched <= set(target.tolist()) | set(drawn.tolist()) and touched
+    with pytest.raises(ValueError, match="num_negatives"):
+        dense_loss(wrapper, hidden, ids, labels, num_negatives=-1)
 
 
 def test_train_py_run_with_dense_saves_loads_and_reports_dense_rows(tmp_path):

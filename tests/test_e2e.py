@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import launch_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -71,39 +72,11 @@ def test_smollm2_fine_tunes_a_few_steps(tmp_path):
 
 def test_two_process_cpu_training_with_accelerate(tmp_path):
     run_dir = tmp_path / "ddp"
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",  # torchrun's launcher; on a CPU-only machine the ranks join by gloo
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "train.py",
-            "--preset",
-            "quickstart",
-            "--run_dir",
-            str(run_dir),
-            "--max_steps",
-            "4",
-            "--save_steps",
-            "4",
-            "--eval_steps",
-            "4",
-        ],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        text=True,
-        capture_output=True,
-    )
+    done = launch_processes(
+        "train.py", "--preset", "quickstart", "--run_dir", run_dir,
+        "--max_steps", 4, "--save_steps", 4, "--eval_steps", 4, timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["training"]["global_step"] == 4
     assert config["training"]["processes"] == 2  # two ranks really trained together

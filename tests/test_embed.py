@@ -114,3 +114,34 @@ def test_parquet_missing_column(tmp_path):
     pq.write_table(pa.table({"id": ["x"], "vec": [[1.0]]}), tmp_path / "e.parquet")
     with pytest.raises(ValueError, match=r"missing column\(s\) \['item_id', 'embedding'\]"):
         load_item_embeddings(tmp_path / "e.parquet", ["x"])
+
+
+def test_embed_py_over_two_processes_writes_what_one_process_computes(tmp_path):
+    from conftest import launch_processes
+
+    from sid.embed import embed_items, load_item_embeddings
+
+    ids = [f"m{i}" for i in range(23)]  # 12 + 11 over two processes
+    texts = [f"movie number {i} | {'drama' if i % 2 else 'comedy and action'}" for i in range(23)]
+    items = tmp_path / "items.csv"
+    items.write_text(
+        "item_id,title\n" + "".join(f"{i},{t}\n" for i, t in zip(ids, texts, strict=True))
+    )
+    one = embed_items(texts, tmp_path / "one.safetensors", item_ids=ids, show_progress=False)
+    out = tmp_path / "two.safetensors"
+    done = launch_processes(
+        "embed.py", "--items", items, "--text_cols", "title", "--output", out, "--batch_size", "5"
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "over 2 process(es)" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "items.csv",
+        "one.safetensors",
+        "two.safetensors",
+    ]  # the part files are gone
+    # read back by item id, in another order, as train.py --embeddings does
+    order = ids[::-1]
+    two = load_item_embeddings(out, order)
+    np.testing.assert_allclose(two, one[::-1], atol=1e-5)
+    with pytest.raises(ValueError, match="safetensors"):
+        embed_items(texts, tmp_path / "x.npy", item_ids=ids)

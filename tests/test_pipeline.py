@@ -101,3 +101,28 @@ def test_bad_options_fail_before_any_work(dataset, tmp_path):
         run_training(*options(dataset, tmp_path / "r", items=None))
     with pytest.raises(ValueError, match="unknown option"):
         arguments_from_dict({"nope": 1})
+
+
+def test_sid_fit_sample_fits_the_tokenizer_on_a_sample_and_encodes_every_item(
+    dataset, tmp_path, monkeypatch, caplog
+):
+    from sid.codes import SemanticIDs
+    from sid.tokenizers import RQKMeans
+
+    fitted = []
+    fit = RQKMeans.fit
+    monkeypatch.setattr(RQKMeans, "fit", lambda self, x: (fitted.append(len(x)), fit(self, x))[1])
+    options = dict(ranker=False, prefixmem=False, max_steps=1, codebook_sizes="8,8")
+    caplog.set_level(logging.INFO, logger="sid")
+    run = run_training(*pipeline_options(dataset, tmp_path / "r", sid_fit_sample=20, **options))
+    assert fitted == [20]  # of the 30 items
+    assert "fitted on 20 of 30 items" in caplog.text
+    sids = SemanticIDs.load(run)
+    assert len(sids) == 30 and len(set(map(tuple, sids.codes.tolist()))) == 30
+    # another sample size is another tokenizer: refitted, not reused
+    run_training(
+        *pipeline_options(dataset, tmp_path / "r", sid_fit_sample=25, overwrite=True, **options)
+    )
+    assert fitted == [20, 25]
+    with pytest.raises(ValueError, match="sid_fit_sample"):
+        run_training(*pipeline_options(dataset, tmp_path / "bad", sid_fit_sample=-1, **options))

@@ -5,14 +5,11 @@ the toolkit's defaults and short aliases, and a 2-process CPU run trains with ch
 import dataclasses
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import transformers
-from conftest import pipeline_options, write_cycle_dataset
+from conftest import launch_processes, pipeline_options, write_cycle_dataset
 
 from sid.run.arguments import ARGUMENT_CLASSES, PRESETS, RunArguments
 from sid.run.stages import WEIGHT_OPTIONS, run_training
@@ -136,20 +133,8 @@ def test_a_weight_option_retrains_and_a_logging_option_does_not(tmp_path):
 def test_two_cpu_processes_train_with_gradient_checkpointing(tmp_path):
     dataset = write_cycle_dataset(tmp_path)
     run_dir = tmp_path / "run"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-    ]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     argv = [*_cycle_argv(dataset, run_dir), "--dense", "True", "--gradient_checkpointing", "True"]
-    done = subprocess.run(
-        [*launch, "train.py", *argv], cwd=ROOT, env=env, text=True, capture_output=True
-    )
+    done = launch_processes("train.py", *argv)
     assert done.returncode == 0, done.stderr[-3000:]
     training = json.loads((run_dir / "config.json").read_text())["training"]
     assert training["global_step"] == 2 and training["processes"] == 2

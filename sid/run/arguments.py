@@ -131,6 +131,14 @@ class SIDArguments:
     sid_epochs: int = field(
         default=library_default(RQVAE, "epochs"), metadata={"help": "RQ-VAE training epochs."}
     )
+    sid_fit_sample: int = field(
+        default=0,
+        metadata={
+            "help": "Fit the SID tokenizer on this many items drawn at random (seeded), then "
+            "encode every item; 0: fit on all. For catalogues of 10^5+ items "
+            "(BENCHMARKS.md, Scale)."
+        },
+    )
 
 
 @dataclass
@@ -204,6 +212,14 @@ class ModelArguments:
     dense_weight: float = field(
         default=library_default(make_trainer, "dense_weight"),
         metadata={"help": "Weight of the dense head's loss beside the LM loss."},
+    )
+    dense_negatives: int = field(
+        default=library_default(make_trainer, "dense_negatives"),
+        metadata={
+            "help": "0: the dense head trains with a full softmax over the catalogue; K > 0: a "
+            "sampled softmax over K uniform negatives per batch (memory and time independent "
+            "of the catalogue: for 10^5+ items)."
+        },
     )
 
 
@@ -448,6 +464,7 @@ def validate_arguments(
         "eval_users": (rargs.eval_users, 0),
         "threads": (rargs.threads, 0),
         "sid_epochs": (sargs.sid_epochs, 1),
+        "sid_fit_sample": (sargs.sid_fit_sample, 0),
         "max_items": (margs.max_items, 2),
         "prefixmem_steps": (margs.prefixmem_steps, 1),
         "prefixmem_table_size": (margs.prefixmem_table_size, 2),
@@ -456,6 +473,7 @@ def validate_arguments(
         "ranker_beam_negatives": (margs.ranker_beam_negatives, 0),
         "ranker_random_negatives": (margs.ranker_random_negatives, 0),
         "dense_weight": (margs.dense_weight, 0),
+        "dense_negatives": (margs.dense_negatives, 0),
         "min_length": (dargs.min_length, 3),
     }
     for option, (value, low) in smallest.items():

@@ -63,6 +63,14 @@ def embeddings_stage(
     return vectors, key
 
 
+def fit_sample(num_items: int, sample: int, seed: int) -> np.ndarray | None:
+    """Sorted rows of the `sample` items a SID tokenizer is fitted on (drawn with `seed`), or
+    None for all of them (`sample` 0 or at least the catalogue)."""
+    if sample <= 0 or sample >= num_items:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(num_items, sample, replace=False))
+
+
 def sid_stage(
     run: RunDir,
     data: InteractionData,
@@ -79,7 +87,13 @@ def sid_stage(
     options = {"kind": args.sid_tokenizer, "codebook_sizes": sizes, "seed": seed}
     if args.sid_tokenizer == "rqvae":
         options["epochs"] = args.sid_epochs
-    key = fingerprint("tokenizer", emb_key, options)
+    fit_rows = fit_sample(data.num_items, args.sid_fit_sample, seed)
+    key = fingerprint(
+        "tokenizer",
+        emb_key,
+        options,
+        *(("fit_sample", args.sid_fit_sample),) if fit_rows is not None else (),
+    )
     sid_key = fingerprint("semantic_ids", key, args.collision_policy)
     if run.fresh("tokenizer", key, "tokenizer/config.json") and run.fresh(
         "semantic_ids", sid_key, "semantic_ids.json"
@@ -90,7 +104,9 @@ def sid_stage(
     kind = options.pop("kind")
     tokenizer = build_sid_tokenizer(kind, **options)
     start = time.perf_counter()
-    tokenizer.fit(vectors)
+    tokenizer.fit(vectors if fit_rows is None else vectors[fit_rows])
+    if fit_rows is not None:
+        logger.info(f"SID tokenizer fitted on {len(fit_rows):,} of {data.num_items:,} items")
     raw = tokenizer.encode(vectors)
     sids = SemanticIDs.from_codes(
         raw,
@@ -260,6 +276,11 @@ def model_stage(
         margs.outcome_loss,
         weight_options(targs),
         *((("dense", margs.dense_weight),) if margs.dense else ()),
+        *(
+            (("dense_negatives", margs.dense_negatives),)
+            if margs.dense and margs.dense_negatives
+            else ()
+        ),
     )
     check_compatible_run(run, sids, rargs.overwrite)
     if run.fresh("model", key, "model/sid_vocab.json"):
@@ -319,7 +340,13 @@ def model_stage(
     )
     targs.output_dir = str(checkpoints)  # validate_arguments refused any other folder
     trainer = make_trainer(
-        rec.lm, train, valid, targs, rec.tokenizer.pad_token_id, dense_weight=margs.dense_weight
+        rec.lm,
+        train,
+        valid,
+        targs,
+        rec.tokenizer.pad_token_id,
+        dense_weight=margs.dense_weight,
+        dense_negatives=margs.dense_negatives,
     )
     run.mark_now("model_started", key)
     resume = rargs.resume and bool(found)

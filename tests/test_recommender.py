@@ -192,7 +192,8 @@ def test_evaluate_run_reports_curves_codebook_usage_and_provenance(run, recommen
     assert res["num_base_levels"] == sids.num_base_levels == 2
     assert [sum(level) for level in res["codebook_usage"]] == [len(sids)] * levels
     assert res["data_summary"]["kept_users"] == split.num_users == 40
-    assert set(res["options"]) == {"data", "sid", "model", "run"}
+    assert set(res["options"]) == {"data", "sid", "model", "run", "training_arguments"}
+    assert res["options"]["training_arguments"]["num_train_epochs"] > 0
     assert res["options"]["model"]["max_items"] == 6
     assert res["hardware"]["device"] == "cpu"
     assert res["eval_seconds"] > 0

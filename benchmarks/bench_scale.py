@@ -563,6 +563,20 @@ def load_results(path: Path) -> dict:
     return {"sizes": {}}
 
 
+def tokenizer_row(part: dict, method: str, prefix: str) -> dict:
+    """Fit/encode time and collisions of one tokenizer's result, keys named by `prefix`."""
+    c = part[f"collisions_{method}"]
+    return {
+        f"{method}_fit_s": part["steps"][f"{method}_fit"]["seconds"],
+        f"{method}_encode_s": part["steps"][f"{method}_encode"]["seconds"],
+        f"{method}_fit_items": part[f"{method}_fit_items"],
+        f"{prefix}sid_length": c["sid_length"],
+        f"{prefix}collision_rate_raw": c["collision_rate_raw"],
+        f"{prefix}share_with_suffix": c["share_with_suffix"],
+        f"{prefix}largest_group": c["largest_collision_group"],
+    }
+
+
 def summarise(results: dict) -> dict:
     """Per size: the headline numbers; the targets at the largest size measured."""
     rows = {}
@@ -570,16 +584,9 @@ def summarise(results: dict) -> dict:
         p, v = parts.get("pipeline"), parts.get("rqvae")
         row = {"num_items": int(key)}
         if p:
-            c = p["collisions_rqkmeans"]
+            row.update(tokenizer_row(p, "rqkmeans", ""))
             row.update(
-                rqkmeans_fit_s=p["steps"]["rqkmeans_fit"]["seconds"],
-                rqkmeans_encode_s=p["steps"]["rqkmeans_encode"]["seconds"],
-                rqkmeans_fit_items=p["rqkmeans_fit_items"],
-                sid_length=c["sid_length"],
-                suffix_size=c["sid_codebook_sizes"][-1],
-                collision_rate_raw=c["collision_rate_raw"],
-                share_with_suffix=c["share_with_suffix"],
-                largest_group=c["largest_collision_group"],
+                suffix_size=p["collisions_rqkmeans"]["sid_codebook_sizes"][-1],
                 reassign_moved=p["reassign"]["share_moved"],
                 reassign_suffix=p["reassign"]["share_with_suffix"],
                 reassign_s=p["reassign"]["seconds"],
@@ -602,18 +609,8 @@ def summarise(results: dict) -> dict:
                 loadavg=p["loadavg_start"][0],
             )
         if v:
-            c = v["collisions_rqvae"]
-            row.update(
-                rqvae_fit_s=v["steps"]["rqvae_fit"]["seconds"],
-                rqvae_encode_s=v["steps"]["rqvae_encode"]["seconds"],
-                rqvae_fit_items=v["rqvae_fit_items"],
-                rqvae_epochs_run=v["rqvae_epochs_run"],
-                rqvae_peak_rss_mb=v["peak_rss_mb"],
-                rqvae_sid_length=c["sid_length"],
-                rqvae_collision_rate_raw=c["collision_rate_raw"],
-                rqvae_share_with_suffix=c["share_with_suffix"],
-                rqvae_largest_group=c["largest_collision_group"],
-            )
+            row.update(tokenizer_row(v, "rqvae", "rqvae_"))
+            row.update(rqvae_epochs_run=v["rqvae_epochs_run"], rqvae_peak_rss_mb=v["peak_rss_mb"])
         rows[key] = row
     targets = {}
     big = rows.get("1000000")

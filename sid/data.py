@@ -127,8 +127,13 @@ class InteractionData:
 class LeaveOneOutSplit:
     """Leave-one-out split: last item = test target, second to last = validation target.
 
-    Only users with at least `min_length` interactions are kept (`users` indexes them in
-    `data.user_ids`); every kept user has exactly one validation and one test target.
+    With `holdout` W > 1 it is a future-window split: each user's last W interactions are the
+    test window, the W before them the validation window, the rest trains; `valid_items` /
+    `test_items` are then each window's first item (the next item after its history) and
+    `window_targets` gives the whole windows. W = 1 is leave-one-out.
+
+    Only users with at least `min_length` (>= 2W + 1) interactions are kept (`users` indexes
+    them in `data.user_ids`); every kept user has one validation and one test window.
     """
 
     data: InteractionData
@@ -143,6 +148,23 @@ class LeaveOneOutSplit:
     n_dropped_users: int
     min_length: int = 3
     extra: dict = field(default_factory=dict)
+    holdout: int = 1
+    # int64 [U', W]: the validation / test windows in time order (W = 1: the targets above)
+    valid_window: np.ndarray | None = None
+    valid_window_outcomes: np.ndarray | None = None
+    test_window: np.ndarray | None = None
+    test_window_outcomes: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.valid_window is None:  # leave-one-out: the windows are the single targets
+            self.valid_window, self.valid_window_outcomes = (
+                self.valid_items[:, None],
+                self.valid_outcomes[:, None],
+            )
+            self.test_window, self.test_window_outcomes = (
+                self.test_items[:, None],
+                self.test_outcomes[:, None],
+            )
 
     @property
     def num_users(self) -> int:
@@ -153,14 +175,14 @@ class LeaveOneOutSplit:
         return self.train_items[lo:hi], self.train_outcomes[lo:hi]
 
     def history(self, i: int, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """(items, outcomes) the model may see before kept user i's `split` target."""
+        """(items, outcomes) the model may see before kept user i's `split` target (window)."""
         items, outcomes = self.train_sequence(i)
         if split == "valid":
             return items, outcomes
         if split == "test":
             return (
-                np.append(items, self.valid_items[i]),
-                np.append(outcomes, self.valid_outcomes[i]),
+                np.concatenate([items, self.valid_window[i]]),
+                np.concatenate([outcomes, self.valid_window_outcomes[i]]),
             )
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
 
@@ -178,12 +200,40 @@ class LeaveOneOutSplit:
             return self.test_items, self.test_outcomes
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
 
+    def window_targets(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(items [U', W], outcomes [U', W]) of the `split` windows, in time order."""
+        if split == "valid":
+            return self.valid_window, self.valid_window_outcomes
+        if split == "test":
+            return self.test_window, self.test_window_outcomes
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+
+    def fingerprint(self) -> str:
+        """Content hash of who is kept and what trains, validates and tests: a model trained on
+        one split is never reused for another (other interactions, --min_length, --holdout)."""
+        import hashlib
+
+        digest = hashlib.sha256(str(self.holdout).encode())
+        for array in (
+            self.users,
+            self.train_offsets,
+            self.train_items,
+            self.train_outcomes,
+            self.valid_window,
+            self.valid_window_outcomes,
+            self.test_window,
+            self.test_window_outcomes,
+        ):
+            digest.update(np.ascontiguousarray(array, dtype="<i8").tobytes())
+        return digest.hexdigest()[:16]
+
     def summary(self) -> dict:
         lengths = np.diff(self.train_offsets)
         return {
             "kept_users": self.num_users,
             "dropped_users": self.n_dropped_users,
             "min_length": self.min_length,
+            "holdout": self.holdout,
             "train_interactions": int(self.train_items.shape[0]),
             "mean_train_length": round(float(lengths.mean()), 2) if len(lengths) else 0.0,
         }
@@ -642,7 +692,7 @@ def load_split(options: dict) -> tuple[InteractionData, LeaveOneOutSplit]:
 
     names = set(inspect.signature(load_data).parameters)
     data = load_data(**{k: v for k, v in options.items() if k in names})
-    split_options = {k: options[k] for k in ("min_length",) if k in options}
+    split_options = {k: options[k] for k in ("min_length", "holdout") if k in options}
     with _phase("split"):
         split = leave_one_out(data, **split_options)
     return data, split
@@ -652,12 +702,23 @@ def load_split(options: dict) -> tuple[InteractionData, LeaveOneOutSplit]:
 # Split
 
 
-def leave_one_out(data: InteractionData, *, min_length: int = 3) -> LeaveOneOutSplit:
-    """Hold out each user's last item (test) and second-to-last (valid); the rest trains."""
-    if min_length < 3:
+def leave_one_out(
+    data: InteractionData, *, min_length: int | None = None, holdout: int = 1
+) -> LeaveOneOutSplit:
+    """Hold out each user's last item (test) and second-to-last (valid); the rest trains.
+
+    `holdout` W > 1: the last W interactions are the test window, the W before them the
+    validation window. Users with fewer than `min_length` interactions are dropped (default
+    and least: 2W + 1, one train item and the two windows; 3 for leave-one-out).
+    """
+    if min_length is None:
+        min_length = 2 * holdout + 1
+    if holdout < 1:
+        raise ValueError(f"--holdout must be >= 1 (1 = leave-one-out), got {holdout}")
+    if min_length < 2 * holdout + 1:
         raise ValueError(
-            f"--min_length must be >= 3 (one train item, one validation and one test target), "
-            f"got {min_length}"
+            f"--min_length must be >= {2 * holdout + 1} (one train item, a validation and a test "
+            f"window of --holdout {holdout}), got {min_length}"
         )
     lengths = np.diff(data.offsets)
     keep = lengths >= min_length
@@ -668,24 +729,32 @@ def leave_one_out(data: InteractionData, *, min_length: int = 3) -> LeaveOneOutS
             f"(longest sequence: {int(lengths.max()) if len(lengths) else 0})"
         )
     starts, ends = data.offsets[:-1][keep], data.offsets[1:][keep]
-    train_len = ends - starts - 2
+    train_len = ends - starts - 2 * holdout
     train_offsets = np.zeros(len(users) + 1, dtype=np.int64)
     np.cumsum(train_len, out=train_offsets[1:])
     # Gather every train position at once: start of the user's slice + position within it.
     within = np.arange(train_offsets[-1]) - np.repeat(train_offsets[:-1], train_len)
     source = np.repeat(starts, train_len) + within
+    step = np.arange(holdout)
+    valid = (ends - 2 * holdout)[:, None] + step  # [U', W] positions in `data`
+    test = (ends - holdout)[:, None] + step
     return LeaveOneOutSplit(
         data=data,
         users=users,
         train_offsets=train_offsets,
         train_items=data.items[source],
         train_outcomes=data.outcomes[source],
-        valid_items=data.items[ends - 2],
-        valid_outcomes=data.outcomes[ends - 2],
-        test_items=data.items[ends - 1],
-        test_outcomes=data.outcomes[ends - 1],
+        valid_items=data.items[valid[:, 0]],
+        valid_outcomes=data.outcomes[valid[:, 0]],
+        test_items=data.items[test[:, 0]],
+        test_outcomes=data.outcomes[test[:, 0]],
         n_dropped_users=int((~keep).sum()),
         min_length=min_length,
+        holdout=holdout,
+        valid_window=data.items[valid],
+        valid_window_outcomes=data.outcomes[valid],
+        test_window=data.items[test],
+        test_window_outcomes=data.outcomes[test],
     )
 
 

@@ -227,33 +227,52 @@ def dense_loss(
     labels: torch.Tensor,
     *,
     num_negatives: int = 0,
+    window_items: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of the dense head; hidden FloatTensor [B, T, H].
 
     `num_negatives` 0 (or at least the catalogue's size): full softmax over every item, logits
     [P, N] for the P target positions of the batch. Otherwise a sampled softmax: each position
     scores its own target against `num_negatives` items drawn uniformly for the whole batch
-    (a draw equal to the position's target is masked out), logits [P, 1 + K]. Its memory and
-    time do not grow with the catalogue: what a 10^6-item catalogue needs, where the full
-    logits of a batch take gigabytes (BENCHMARKS.md, Scale). With a uniform proposal the
-    log-Q correction is the same for every candidate and drops out of the softmax.
+    (a draw equal to one of the position's targets is masked out), logits [P, 1 + K]. Its
+    memory and time do not grow with the catalogue: what a 10^6-item catalogue needs, where
+    the full logits of a batch take gigabytes (BENCHMARKS.md, Scale). With a uniform proposal
+    the log-Q correction is the same for every candidate and drops out of the softmax.
+
+    `window_items` LongTensor [B, n, W] (future-window training, `sid.training.SIDCollator`):
+    item j's window targets, the item itself first, -1 padded. The loss at item j's outcome
+    token is then the mean over its window of each target's softmax cross-entropy (a
+    multi-positive softmax); with W = 1 it is the next-item loss.
     """
     targets = dense_targets(wrapper, input_ids, labels)
     keep = targets != IGNORE
     if not bool(keep.any()):
         return hidden.sum() * 0.0
-    h, target = hidden[keep].float(), targets[keep]
-    table = wrapper.dense.items.weight
     if num_negatives < 0:
         raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
+    h, target = hidden[keep].float(), targets[keep]
+    if window_items is None:
+        positives = target[:, None]  # [P, 1]
+    else:  # item j's outcome token sits at position j * (1 + L)
+        B, n, W = window_items.shape
+        by_position = torch.full((*targets.shape, W), -1, dtype=torch.long, device=h.device)
+        by_position[:, : n * (1 + wrapper.num_levels) : 1 + wrapper.num_levels] = window_items
+        positives = by_position[keep]  # [P, W]
+    valid = positives >= 0
+    table = wrapper.dense.items.weight
     if num_negatives == 0 or num_negatives >= table.shape[0]:
-        return F.cross_entropy(wrapper.dense.scores(h), target)
-    negatives = torch.randint(table.shape[0], (num_negatives,), device=table.device)
-    positive = (h * table[target].float()).sum(-1, keepdim=True)  # [P, 1]
-    sampled = h @ table[negatives].float().T  # [P, K]
-    sampled = sampled.masked_fill(negatives[None, :] == target[:, None], float("-inf"))
-    logits = torch.cat([positive, sampled], dim=1)
-    return F.cross_entropy(logits, torch.zeros_like(target))
+        logits = wrapper.dense.scores(h)  # [P, N]
+        nll = logits.logsumexp(-1, keepdim=True) - logits.gather(1, positives.clamp_min(0))
+    else:
+        negatives = torch.randint(table.shape[0], (num_negatives,), device=table.device)
+        positive = (h[:, None, :] * table[positives.clamp_min(0)].float()).sum(-1)  # [P, W]
+        sampled = h @ table[negatives].float().T  # [P, K]
+        clash = torch.zeros_like(sampled, dtype=torch.bool)
+        for k in range(positives.shape[1]):  # a draw that is one of the targets is no negative
+            clash |= (negatives[None, :] == positives[:, k : k + 1]) & valid[:, k : k + 1]
+        rest = sampled.masked_fill(clash, float("-inf")).logsumexp(-1, keepdim=True)  # [P, 1]
+        nll = torch.logaddexp(positive, rest) - positive
+    return ((nll * valid).sum(-1) / valid.sum(-1)).mean()
 
 
 def fused_scores(

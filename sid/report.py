@@ -39,7 +39,7 @@ STALE_RETRAINED = "stale: model retrained since this report"
 JSON_DIGITS = 6
 # Options the report's short table shows (the full config follows, folded).
 KEY_OPTIONS = {
-    "data": ("dataset", "min_length", "embedding_model", "embeddings"),
+    "data": ("dataset", "min_length", "holdout", "embedding_model", "embeddings"),
     "sid": ("sid_tokenizer", "codebook_sizes", "collision_policy", "sid_epochs"),
     "model": ("model", "max_items", "prefixmem", "ranker", "dense"),
     "run": ("preset",),

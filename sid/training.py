@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SchedulerType
 
@@ -41,6 +42,31 @@ def _check_outcomes(split: LeaveOneOutSplit, vocab: SIDVocab) -> None:
         )
 
 
+def future_windows(split: LeaveOneOutSplit, target_window: int) -> np.ndarray:
+    """The targets of every train position under a future window of `target_window` items:
+    int64 [N', W], row i = train item i, then the next W - 1 train items of the same user that
+    share its outcome (-1 where the user's train sequence ends or the outcome differs).
+
+    Column 0 is the item itself, so W = 1 is the next-item target. The window never reaches
+    past the train sequence: validation and test items are no one's target. Only items of the
+    same outcome count, because the model reads the outcome token before it writes the SID:
+    under `<like>` the targets are the items the user goes on to like.
+    """
+    if target_window < 1:
+        raise ValueError(f"--target_window must be >= 1 (1 = next item), got {target_window}")
+    n = split.train_items.shape[0]
+    ends = np.repeat(split.train_offsets[1:], np.diff(split.train_offsets))  # [N'] user's end
+    here = np.arange(n)
+    out = np.full((n, target_window), -1, dtype=np.int64)
+    for k in range(target_window):
+        at = here + k
+        inside = at < ends
+        at = np.where(inside, at, 0)
+        same = inside & (split.train_outcomes[at] == split.train_outcomes)
+        out[:, k] = np.where(same, split.train_items[at], -1)
+    return out
+
+
 def build_train_windows(
     split: LeaveOneOutSplit,
     sids: SemanticIDs,
@@ -49,11 +75,14 @@ def build_train_windows(
     max_items: int = 50,
     stride: int | None = None,
     outcome_loss: bool = False,
+    target_window: int = 1,
 ) -> dict[str, list]:
     """Sliding windows over each kept user's train sequence (valid/test targets never enter).
 
     Returns columns `input_ids`, `labels` (lists of int lists, `labels` = -100 where there is
-    no loss) and `user` (position of the user in `split.users`).
+    no loss) and `user` (position of the user in `split.users`). With `target_window` W > 1
+    also `window`: per example, the [items, W] future-window targets of its items
+    (`future_windows`), flattened; `window_lm_loss` and the dense head then reward any of them.
     """
     if max_items < 2:
         raise ValueError(
@@ -69,6 +98,9 @@ def build_train_windows(
     if not outcome_loss:
         labels[:, 0] = IGNORE
     columns: dict[str, list] = {"input_ids": [], "labels": [], "user": []}
+    window = future_windows(split, target_window) if target_window > 1 else None
+    if window is not None:
+        columns["window"] = []
     offsets = split.train_offsets
     for user in range(split.num_users):
         lo, hi = int(offsets[user]), int(offsets[user + 1])
@@ -84,6 +116,8 @@ def build_train_windows(
             columns["input_ids"].append(tokens[lo + start : lo + end].reshape(-1).tolist())
             columns["labels"].append(window_labels.reshape(-1).tolist())
             columns["user"].append(user)
+            if window is not None:
+                columns["window"].append(window[lo + start : lo + end].reshape(-1).tolist())
             covered = end
             if end == n:
                 break
@@ -127,9 +161,16 @@ def build_eval_examples(
 
 @dataclass
 class SIDCollator:
-    """Right-pads `input_ids`/`labels` to the longest example of the batch."""
+    """Right-pads `input_ids`/`labels` to the longest example of the batch.
+
+    Examples with a `window` column (future-window training) also give `window_items`
+    LongTensor [B, n, W] (each item's window targets, -1 padded) and `window_tokens`
+    [B, n, W, L] (their SID tokens from `item_tokens` [N, L], -100 where there is no target),
+    n the most items of an example in the batch.
+    """
 
     pad_token_id: int
+    item_tokens: torch.Tensor | None = None
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         longest = max(len(f["input_ids"]) for f in features)
@@ -142,7 +183,73 @@ class SIDCollator:
             input_ids[row, :n] = torch.as_tensor(f["input_ids"])
             labels[row, :n] = torch.as_tensor(f["labels"])
             attention[row, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        out = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        if features[0].get("window") is not None:
+            if self.item_tokens is None:
+                raise ValueError("window examples need the collator's item_tokens [N, L]")
+            per_item = 1 + self.item_tokens.shape[1]
+            width = len(features[0]["window"]) * per_item // len(features[0]["input_ids"])
+            items = torch.full((batch, longest // per_item, width), -1, dtype=torch.long)
+            for row, f in enumerate(features):
+                w = torch.as_tensor(f["window"], dtype=torch.long).view(-1, width)
+                items[row, : w.shape[0]] = w
+            tokens = self.item_tokens[items.clamp_min(0)]
+            out["window_items"] = items
+            out["window_tokens"] = tokens.masked_fill((items < 0)[..., None], IGNORE)
+        return out
+
+
+def window_lm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    window_tokens: torch.Tensor,
+    *,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """The LM loss under future-window targets; logits [B, T, V], labels [B, T], window_tokens
+    [B, n, W, L] (`SIDCollator`; examples laid out `<o_1> s_1 … <o_n> s_n` from position 0).
+
+    At the position that writes level l of item j, every window target of item j whose first
+    l codes equal item j's (the prefix the model was fed) is a right answer: the loss is the
+    mean of their negative log-likelihoods, the cross-entropy against the window's empirical
+    distribution of level-l codes given that prefix. Summed over the levels this is the
+    log-likelihood of a uniform mixture over the window's SIDs, factorised along the trie; with
+    W = 1 it is the next-token cross-entropy. Other labelled positions (outcome tokens, under
+    `--outcome_loss`) keep the plain cross-entropy. Mean over labelled positions.
+    `label_smoothing` ε mixes in the uniform distribution over the vocabulary, as
+    `F.cross_entropy(label_smoothing=ε)` does for one target.
+    """
+    B, n, W, L = window_tokens.shape
+    S = 1 + L
+    V = logits.shape[-1]
+    # position j*S + l reads item j's outcome token (l = 0) or its SID prefix, and writes level l
+    level_logits = logits[:, : n * S].reshape(B, n, S, V)[:, :, :L].float()  # [B, n, L, V]
+    sid_labels = labels[:, : n * S].reshape(B, n, S)[:, :, 1:]  # [B, n, L]
+    labelled = sid_labels != IGNORE
+    valid = window_tokens != IGNORE  # [B, n, W, L]
+    same = (window_tokens == window_tokens[:, :, :1]).int()  # agrees with item j, per level
+    prefix = F.pad(same.cumprod(-1), (1, 0), value=1)[..., :L].bool()  # levels < l agree
+    accepted = (valid & prefix).transpose(2, 3)  # [B, n, L, W]
+    picked = level_logits.gather(-1, window_tokens.clamp_min(0).transpose(2, 3))  # [B, n, L, W]
+    lse = level_logits.logsumexp(-1, keepdim=True)
+    per_position = ((lse - picked) * accepted).sum(-1) / accepted.sum(-1).clamp_min(1)
+    if label_smoothing:  # [B, n, L]
+        uniform = lse[..., 0] - level_logits.mean(-1)
+        per_position = (1 - label_smoothing) * per_position + label_smoothing * uniform
+    total, count = per_position[labelled].sum(), labelled.sum()
+    at = torch.arange(labels.shape[1], device=labels.device)
+    sid_position = (at < n * S) & (at % S != 0)  # the SID labels, counted above
+    other = labels.masked_fill(sid_position[None, :], IGNORE)
+    if bool((other[:, 1:] != IGNORE).any()):
+        total = total + F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(),
+            other[:, 1:].flatten(),
+            ignore_index=IGNORE,
+            reduction="sum",
+            label_smoothing=label_smoothing,
+        )
+        count = count + (other[:, 1:] != IGNORE).sum()
+    return total / count.clamp_min(1)
 
 
 def argmax_predictions(logits, labels):
@@ -274,14 +381,26 @@ def resolve_aliases(cls, options: dict) -> dict:
     return out
 
 
-def joint_dense_loss(model, inputs: dict, *, dense_weight: float = 1.0, dense_negatives: int = 0):
-    """LM next-token loss + `dense_weight` × the dense head's item loss (full softmax, or a
-    sampled softmax over `dense_negatives` uniform negatives, see `sid.dense.dense_loss`).
+def joint_dense_loss(
+    model,
+    inputs: dict,
+    *,
+    dense_weight: float = 1.0,
+    dense_negatives: int = 0,
+    label_smoothing: float = 0.0,
+):
+    """The training loss of one batch: the LM's loss over the SID (and outcome) tokens, plus
+    `dense_weight` × the dense head's item loss when a `sid.dense.DenseRetrieval` is attached
+    (full softmax, or a sampled softmax over `dense_negatives` uniform negatives, see
+    `sid.dense.dense_loss`).
 
-    For an LM with a `sid.dense.DenseRetrieval` attached: one forward gives the states for both
-    heads. `model` may be wrapped by the engine (DDP, FSDP …): the forward goes through the
-    wrapper, so that its gradient synchronisation sees it. Returns (loss,
-    CausalLMOutputWithPast with logits [B, T, V]).
+    With future-window targets in the batch (`window_tokens`/`window_items` from
+    `SIDCollator`) the LM loss is `window_lm_loss` and the dense loss a multi-positive softmax
+    over each position's window; otherwise both are next-item cross-entropies
+    (`label_smoothing`: the Trainer's `label_smoothing_factor`, on the LM loss). One forward
+    gives the states of both heads. `model` may be wrapped by the engine (DDP, FSDP …): the
+    forward goes through the wrapper, so that its gradient synchronisation sees it. Returns
+    (loss, CausalLMOutputWithPast with the LM loss and logits [B, T, V]).
     """
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -295,22 +414,41 @@ def joint_dense_loss(model, inputs: dict, *, dense_weight: float = 1.0, dense_ne
     out = model(
         input_ids=inputs["input_ids"],
         attention_mask=inputs.get("attention_mask"),
-        output_hidden_states=True,
+        output_hidden_states=wrapper is not None,
         use_cache=False,
     )
-    hidden, logits = out.hidden_states[-1], out.logits  # the final (normed) states
-    lm = torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE
-    )
-    dense = dense_loss(wrapper, hidden, inputs["input_ids"], labels, num_negatives=dense_negatives)
-    return lm + dense_weight * dense, CausalLMOutputWithPast(loss=lm, logits=logits)
+    logits = out.logits
+    if inputs.get("window_tokens") is not None:
+        lm = window_lm_loss(
+            logits, labels, inputs["window_tokens"], label_smoothing=label_smoothing
+        )
+    else:
+        lm = F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(),
+            labels[:, 1:].flatten(),
+            ignore_index=IGNORE,
+            label_smoothing=label_smoothing,
+        )
+    loss = lm
+    if wrapper is not None:
+        hidden = out.hidden_states[-1]  # the final (normed) states
+        loss = lm + dense_weight * dense_loss(
+            wrapper,
+            hidden,
+            inputs["input_ids"],
+            labels,
+            num_negatives=dense_negatives,
+            window_items=inputs.get("window_items"),
+        )
+    return loss, CausalLMOutputWithPast(loss=lm, logits=logits)
 
 
-def _dense_trainer_class():
+def _sid_trainer_class():
     from transformers import Trainer
 
-    class DenseTrainer(Trainer):
-        """`Trainer` whose loss adds the dense retrieval head's item loss to the LM loss."""
+    class SIDTrainer(Trainer):
+        """`Trainer` whose loss is `joint_dense_loss`: future-window targets and the dense
+        retrieval head's item loss beside the LM loss."""
 
         dense_weight = 1.0
         dense_negatives = 0
@@ -321,10 +459,11 @@ def _dense_trainer_class():
                 inputs,
                 dense_weight=self.dense_weight,
                 dense_negatives=self.dense_negatives,
+                label_smoothing=self.args.label_smoothing_factor,  # as Trainer's smoother
             )
             return (loss, outputs) if return_outputs else loss
 
-    return DenseTrainer
+    return SIDTrainer
 
 
 def make_trainer(
@@ -336,25 +475,32 @@ def make_trainer(
     *,
     dense_weight: float = 1.0,
     dense_negatives: int = 0,
+    item_tokens: torch.Tensor | None = None,
 ):
     """An HF `Trainer` over our token-id datasets (accelerate handles devices and processes).
 
     When `lm` has a `sid.dense.DenseRetrieval` attached, the loss is the LM loss plus
     `dense_weight` × the dense head's loss (`joint_dense_loss`): full softmax, or sampled over
-    `dense_negatives` uniform negatives when that is > 0.
+    `dense_negatives` uniform negatives when that is > 0. Train columns with a `window`
+    (`build_train_windows(target_window=W)`) train on future-window targets; `item_tokens`
+    [N, L] (every item's SID tokens) lets the collator turn them into tokens.
     """
     from datasets import Dataset
     from transformers import Trainer
 
     from sid.dense import DenseRetrieval
 
+    windowed = "window" in train_columns
+    if windowed and item_tokens is None:
+        raise ValueError("future-window training (a `window` column) needs item_tokens [N, L]")
     trainer_cls = Trainer
-    if DenseRetrieval.attached(lm) is not None:
-        trainer_cls = _dense_trainer_class()
+    if DenseRetrieval.attached(lm) is not None or windowed:
+        trainer_cls = _sid_trainer_class()
         trainer_cls.dense_weight = float(dense_weight)
         trainer_cls.dense_negatives = int(dense_negatives)
 
-    train = Dataset.from_dict({k: train_columns[k] for k in ("input_ids", "labels")})
+    keep = ("input_ids", "labels", "window") if windowed else ("input_ids", "labels")
+    train = Dataset.from_dict({k: train_columns[k] for k in keep})
     evaluation = (
         Dataset.from_dict({k: eval_columns[k] for k in ("input_ids", "labels")})
         if eval_columns
@@ -365,7 +511,7 @@ def make_trainer(
         args=args,
         train_dataset=train,
         eval_dataset=evaluation,
-        data_collator=SIDCollator(pad_token_id),
+        data_collator=SIDCollator(pad_token_id, item_tokens),
         compute_metrics=next_sid_accuracy if evaluation is not None else None,
         preprocess_logits_for_metrics=argmax_predictions,
     )

@@ -78,6 +78,47 @@ def test_split_gives_one_valid_and_one_test_target_per_user(ml100k):
     assert split.train_items.shape[0] == ml100k.num_interactions - 2 * 943
 
 
+@pytest.mark.parametrize("holdout", [1, 3, 10])
+def test_window_split_holds_out_two_windows_and_nothing_leaks(ml100k, holdout):
+    split = leave_one_out(ml100k, holdout=holdout)
+    lengths = np.diff(ml100k.offsets)
+    assert split.min_length == 2 * holdout + 1
+    assert split.num_users == int((lengths >= 2 * holdout + 1).sum())
+    assert split.test_window.shape == split.valid_window.shape == (split.num_users, holdout)
+    for i in [0, 17, split.num_users - 1]:
+        items, outcomes = ml100k.sequence(int(split.users[i]))
+        train, train_outcomes = split.train_sequence(i)
+        np.testing.assert_array_equal(train, items[: -2 * holdout])
+        np.testing.assert_array_equal(train_outcomes, outcomes[: -2 * holdout])
+        np.testing.assert_array_equal(split.valid_window[i], items[-2 * holdout : -holdout])
+        np.testing.assert_array_equal(split.test_window[i], items[-holdout:])
+        np.testing.assert_array_equal(split.test_window_outcomes[i], outcomes[-holdout:])
+        # the next item after each history is its window's first item
+        assert (
+            split.valid_items[i] == items[-2 * holdout] and split.test_items[i] == items[-holdout]
+        )
+        # no target position is ever seen before it is predicted
+        np.testing.assert_array_equal(split.history(i, "valid")[0], items[: -2 * holdout])
+        np.testing.assert_array_equal(split.history(i, "test")[0], items[:-holdout])
+    total = split.train_items.shape[0] + split.valid_window.size + split.test_window.size
+    kept = lengths[split.users].sum()
+    assert total == kept  # every interaction of a kept user is in exactly one part
+    window, window_outcomes = split.window_targets("test")
+    assert window is split.test_window and window_outcomes is split.test_window_outcomes
+
+
+def test_window_split_checks_and_fingerprints(ml100k):
+    one = leave_one_out(ml100k)
+    np.testing.assert_array_equal(one.test_window[:, 0], one.test_items)
+    assert one.fingerprint() == leave_one_out(ml100k).fingerprint()
+    assert one.fingerprint() != leave_one_out(ml100k, holdout=2).fingerprint()
+    assert one.fingerprint() != leave_one_out(ml100k, min_length=30).fingerprint()
+    with pytest.raises(ValueError, match="--min_length must be >= 21"):
+        leave_one_out(ml100k, holdout=10, min_length=5)
+    with pytest.raises(ValueError, match="--holdout must be >= 1"):
+        leave_one_out(ml100k, holdout=0)
+
+
 def test_min_length_drops_short_users_and_counts_them(small_files):
     inter, items = small_files
     data = load_interactions(inter, items=load_items(items), outcome_col="outcome")

@@ -325,11 +325,21 @@ def test_artifacts_get_the_usual_file_mode_not_tempfiles_0600(tmp_path):
     assert (tmp_path / "c.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
-def test_resume_of_a_dense_run_restores_its_item_table_from_the_checkpoint(dataset, tmp_path):
+@pytest.mark.parametrize("target_window", [1, 3])
+def test_resume_of_a_dense_run_restores_its_item_table_from_the_checkpoint(
+    dataset, tmp_path, target_window
+):
     from safetensors.torch import load_file
 
     run = tmp_path / "dense"
-    options = dict(prefixmem=False, ranker=False, dense=True, max_steps=2, save_steps=2)
+    options = dict(
+        prefixmem=False,
+        ranker=False,
+        dense=True,
+        max_steps=2,
+        save_steps=2,
+        target_window=target_window,
+    )
     run_training(*pipeline_options(dataset, run, eval_steps=2, **options))
     table = load_file(str(run / "dense" / "model.safetensors"))["items"]
     lm = load_file(str(run / "model" / "model.safetensors"))

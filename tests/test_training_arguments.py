@@ -130,10 +130,11 @@ def test_a_weight_option_retrains_and_a_logging_option_does_not(tmp_path):
     assert config["training_arguments"]["label_smoothing_factor"] == 0.1
 
 
-def test_two_cpu_processes_train_with_gradient_checkpointing(tmp_path):
+def test_two_cpu_processes_train_with_gradient_checkpointing_and_a_target_window(tmp_path):
     dataset = write_cycle_dataset(tmp_path)
     run_dir = tmp_path / "run"
     argv = [*_cycle_argv(dataset, run_dir), "--dense", "True", "--gradient_checkpointing", "True"]
+    argv += ["--target_window", "3"]  # future-window targets through the DDP-wrapped model
     done = launch_processes("train.py", *argv)
     assert done.returncode == 0, done.stderr[-3000:]
     training = json.loads((run_dir / "config.json").read_text())["training"]

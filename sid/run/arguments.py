@@ -25,7 +25,12 @@ from sid.embed import embed_texts
 from sid.evaluation import evaluate_run
 from sid.ranking_training import train_ranker
 from sid.tokenizers.rqvae import RQVAE
-from sid.training import SIDTrainingArguments, make_trainer, resolve_aliases
+from sid.training import (
+    SIDTrainingArguments,
+    build_train_windows,
+    make_trainer,
+    resolve_aliases,
+)
 
 
 def library_default(owner, name: str):
@@ -98,9 +103,19 @@ class DataArguments:
         default=library_default(load_data, "unknown_items"),
         metadata={"help": "Interactions naming items absent from the items file: error | drop."},
     )
-    min_length: int = field(
+    min_length: int | None = field(
         default=library_default(leave_one_out, "min_length"),
-        metadata={"help": "Users with fewer interactions are dropped (>= 3)."},
+        metadata={
+            "help": "Users with fewer interactions are dropped (None: 2 x --holdout + 1, the "
+            "least, i.e. 3 for leave-one-out)."
+        },
+    )
+    holdout: int = field(
+        default=library_default(leave_one_out, "holdout"),
+        metadata={
+            "help": "Interactions held out per user: the last W test, the W before them "
+            "validate (1: leave-one-out; W > 1: the future-window protocol of eval.py)."
+        },
     )
     embeddings: str | None = field(
         default=None,
@@ -219,6 +234,14 @@ class ModelArguments:
             "help": "0: the dense head trains with a full softmax over the catalogue; K > 0: a "
             "sampled softmax over K uniform negatives per batch (memory and time independent "
             "of the catalogue: for 10^5+ items)."
+        },
+    )
+    target_window: int = field(
+        default=library_default(build_train_windows, "target_window"),
+        metadata={
+            "help": "Future-window training: at each item the loss rewards any of the next W "
+            "train items of the same outcome (the LM over their SIDs, the dense head as a "
+            "multi-positive softmax); 1: the next item only."
         },
     )
 
@@ -474,7 +497,12 @@ def validate_arguments(
         "ranker_random_negatives": (margs.ranker_random_negatives, 0),
         "dense_weight": (margs.dense_weight, 0),
         "dense_negatives": (margs.dense_negatives, 0),
-        "min_length": (dargs.min_length, 3),
+        "target_window": (margs.target_window, 1),
+        "holdout": (dargs.holdout, 1),
+        "min_length": (
+            2 * dargs.holdout + 1 if dargs.min_length is None else dargs.min_length,
+            2 * dargs.holdout + 1,
+        ),
     }
     for option, (value, low) in smallest.items():
         need(value >= low, option, value, f"it must be >= {low}")

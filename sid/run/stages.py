@@ -270,6 +270,7 @@ def model_stage(
         "model",
         sid_key,
         pm_key,
+        split.fingerprint(),
         margs.model,
         margs.max_items,
         margs.stride,
@@ -281,6 +282,7 @@ def model_stage(
             if margs.dense and margs.dense_negatives
             else ()
         ),
+        *((("target_window", margs.target_window),) if margs.target_window > 1 else ()),
     )
     check_compatible_run(run, sids, rargs.overwrite)
     if run.fresh("model", key, "model/sid_vocab.json"):
@@ -329,6 +331,7 @@ def model_stage(
         max_items=margs.max_items,
         stride=margs.stride,
         outcome_loss=margs.outcome_loss,
+        target_window=margs.target_window,
     )
     valid = build_eval_examples(split, sids, rec.vocab, max_items=margs.max_items, which="valid")
     if rargs.eval_users:
@@ -347,6 +350,7 @@ def model_stage(
         rec.tokenizer.pad_token_id,
         dense_weight=margs.dense_weight,
         dense_negatives=margs.dense_negatives,
+        item_tokens=rec.vocab.sid_token_ids(sids.codes) if margs.target_window > 1 else None,
     )
     run.mark_now("model_started", key)
     resume = rargs.resume and bool(found)

@@ -3,6 +3,8 @@
     python eval.py runs/quickstart
     python eval.py runs/quickstart --split valid --num_beams 50 --top_k 20
     python eval.py --compare runs/a runs/b
+    python eval.py runs/h10 --protocol window          # a run trained with --holdout 10
+    python eval.py runs/ml1m --outcome like:15,watch:5  # a budget of candidates per outcome
     accelerate launch --num_processes 4 eval.py runs/ml1m   # users split over 4 processes/GPUs
 
 The target is each user's last item (test) or second-to-last (valid); every item of the
@@ -34,6 +36,22 @@ def parse(argv: list[str]):
     if not args.compare and not args.run_dir:
         parser.error("give a run directory, or --compare RUN RUN …")
     return args
+
+
+def parse_outcome(text: str | None) -> str | dict[str, int] | None:
+    """`--outcome like` → "like"; `--outcome like:15,watch:5` → {"like": 15, "watch": 5}."""
+    if text is None or ":" not in text:
+        return text
+    budget = {}
+    for part in text.split(","):
+        label, _, count = part.partition(":")
+        try:
+            budget[label.strip()] = int(count)
+        except ValueError:
+            raise ValueError(
+                f"--outcome {text}: a budget is label:count pairs, e.g. like:15,watch:5"
+            ) from None
+    return budget
 
 
 def process_rank() -> int:
@@ -71,13 +89,15 @@ def main(argv: list[str] | None = None) -> None:
             num_beams=args.num_beams,
             top_k=args.top_k,
             batch_size=args.batch_size,
-            outcome=args.outcome,
+            outcome=parse_outcome(args.outcome),
             exclude_history=not args.keep_history,
             max_users=args.max_users,
             rerank=args.rerank,
             device=args.device,
             beam_weight=args.beam_weight,
             dense_beam_weight=args.dense_beam_weight,
+            protocol=args.protocol,
+            window=args.window,
         )
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}" if main_process else f"error (process {process_rank()}): {err}")
@@ -89,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         return  # the main process prints the results and wrote the report
     kinds = ("retrieval", "retrieval+ranking", "dense", "dense+beam", "popularity")
     short = {k: results[k] for k in kinds if k in results}
+    if results.get("outcome_mix"):
+        short["outcome_mix"] = results["outcome_mix"]
     print(
         json.dumps(
             {

@@ -132,6 +132,90 @@ def _joined(parts: list[dict], key: str):
     return torch.cat(pieces) if pieces else None
 
 
+# --------------------------------------------------------------------------- protocols
+PROTOCOLS = ("next", "window")
+DIVERSITY_K = 10
+
+
+def check_window(protocol: str, window: int | None, holdout: int, run_dir) -> int:
+    """The number of held-out items each user is scored against (1 under "next")."""
+    if protocol == "next":
+        if window not in (None, 1):
+            raise ValueError(f"--window {window} needs --protocol window")
+        return 1
+    if holdout < 2:
+        raise ValueError(
+            f"{run_dir}: --protocol window needs a run trained with --holdout W >= 2 (its last "
+            f"W interactions held out, so that no window item was trained on); this run holds "
+            f"out {holdout}"
+        )
+    window = holdout if window is None else int(window)
+    if not 1 <= window <= holdout:
+        raise ValueError(
+            f"--window {window}: the run holds out {holdout} interactions per user "
+            f"(--holdout {holdout}); choose a window in [1, {holdout}]"
+        )
+    return window
+
+
+class Scorer:
+    """The metrics of one protocol for ranked lists [B, K] of the evaluated users."""
+
+    def __init__(self, protocol, gold_items, window_items, window_outcomes, outcome_labels):
+        self.protocol = protocol
+        self.gold = np.asarray(gold_items)  # [B] the next item
+        self.window = np.asarray(window_items)  # [B, W] (W = 1 under "next")
+        self.window_outcomes = np.asarray(window_outcomes)
+        self.labels = list(outcome_labels)
+
+    def __call__(self, ranked) -> dict:
+        if self.protocol == "window":
+            return M.window_metrics(ranked, self.window)
+        return M.ranking_metrics(ranked, self.gold)
+
+    def curve(self, ranked, depth: int | None = None) -> list[float]:
+        if self.protocol == "window":
+            return M.window_recall_curve(ranked, self.window, depth)
+        return M.recall_curve(ranked, self.gold, depth)
+
+    def by_outcome(self, ranked) -> dict:
+        """Per outcome label: the metrics against the targets with that outcome only (under
+        "window", each user's window items of that outcome; users without one left out)."""
+        ranked = np.asarray(ranked)
+        out = {}
+        for o, label in enumerate(self.labels):
+            if self.protocol == "window":
+                gold = np.where(self.window_outcomes == o, self.window, -1)
+                found = M.window_metrics(ranked, gold)
+            else:
+                users = self.window_outcomes[:, 0] == o
+                found = {**M.ranking_metrics(ranked[users], self.gold[users])}
+                found["users"] = int(users.sum())
+            if found["users"]:
+                out[label] = found
+        return out
+
+
+def run_item_embeddings(run_dir: Path, item_ids: list[str]) -> np.ndarray | None:
+    """The run's item embeddings (for the intra-list distance), None when it has none."""
+    path = Path(run_dir) / "embeddings.safetensors"
+    if not path.is_file():
+        return None
+    from sid.embed import load_item_embeddings
+
+    return load_item_embeddings(path, item_ids)
+
+
+def diversity(ranked, codes, embeddings) -> dict:
+    """Distinct level-0 codes and intra-list embedding distance of the top `DIVERSITY_K`."""
+    out = {f"distinct_level0@{DIVERSITY_K}": M.distinct_first_codes(ranked, codes, DIVERSITY_K)}
+    if embeddings is not None:
+        out[f"intra_list_distance@{DIVERSITY_K}"] = M.intra_list_distance(
+            ranked, embeddings, DIVERSITY_K
+        )
+    return out
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     *,
@@ -148,6 +232,8 @@ def evaluate_run(
     beam_weight: float = DEFAULT_BEAM_WEIGHT,
     write_report: bool = True,
     dense_beam_weight: float = DENSE_BEAM_WEIGHT,
+    protocol: str = "next",
+    window: int | None = None,
 ) -> dict:
     """Full-ranking evaluation of a trained run on the `split_name` targets.
 
@@ -157,6 +243,15 @@ def evaluate_run(
     `dense` (the dense head's full-catalogue top items) and `dense+beam`
     (`sid.dense.fused_scores` with `dense_beam_weight`). `outcome` (default: the most frequent
     train outcome) is the one decoded under.
+
+    `protocol` "next": each user's target is the next item after the history (leave-one-out;
+    for a run trained with `--holdout W`, the first item of the held-out window). "window":
+    the targets are the first `window` (default: all W) items of each user's held-out window,
+    scored by `sid.metrics.window_metrics` (hit@K, recall@K as the mean found share, NDCG@K);
+    the run must have been trained with `--holdout` >= `window`, so that no window item was
+    trained on. Either way every row also reports diversity (distinct level-0 codes and
+    intra-list embedding distance of the top 10) and the metrics by the targets' own outcome
+    (`by_target_outcome`: how well the items the user liked, or only watched, are found).
 
     Launched over several processes (`accelerate launch --num_processes N`), each process
     evaluates its block of user batches (`shard_batches`) on its own device (`device=None`:
@@ -181,7 +276,10 @@ def evaluate_run(
     num_processes = 1 if state is None else state.num_processes
     process_index = 0 if state is None else state.process_index
     is_main = process_index == 0
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     split, config = load_run_data(run_dir)
+    window = check_window(protocol, window, split.holdout, run_dir)
     recommender = Recommender.from_run(
         run_dir, device=_process_device(device, state), rerank=rerank
     )
@@ -193,8 +291,19 @@ def evaluate_run(
         )
     if outcome is None:
         outcome = split.most_frequent_train_outcome()
+    budget = dict(outcome) if isinstance(outcome, dict) else None
+    if budget is not None:  # candidates per outcome: {"like": 15, "watch": 5}
+        if sum(budget.values()) != top_k:
+            raise ValueError(
+                f"the outcome budget {budget} asks for {sum(budget.values())} candidates; "
+                f"it must sum to --top_k {top_k}"
+            )
+        # teacher-forced accuracy is read under the outcome with the largest share
+        outcome = max(budget, key=budget.get)
+        for label in budget:
+            rec.vocab.outcome_id(label)
     rec.vocab.outcome_id(outcome)  # unknown label → clear error before any work
-    beam = replace(beam, outcome=outcome)
+    beam = replace(beam, outcome=budget or outcome)
     ranker = recommender.ranker
 
     users = np.arange(split.num_users)
@@ -202,14 +311,17 @@ def evaluate_run(
         users = users[:max_users]
     gold_items = split.targets(split_name)[0][users]
     gold_codes = rec.sids.codes[torch.as_tensor(gold_items)]
+    window_items, window_outcomes = (a[users][:, :window] for a in split.window_targets(split_name))
+    score = Scorer(protocol, gold_items, window_items, window_outcomes, split.data.outcome_labels)
     if is_main:
         logger.info(
-            f"evaluating {run_dir} on {len(users)} users ({split_name} targets, "
-            f"{'history excluded' if exclude_history else 'history kept'}, outcome {outcome}, "
+            f"evaluating {run_dir} on {len(users)} users ({split_name} targets"
+            + (f", future window of {window}" if protocol == "window" else "")
+            + f"{'history excluded' if exclude_history else 'history kept'}, outcome {outcome}, "
             f"methods {', '.join(recommender.methods)}) on {recommender.device}"
             + (f", {num_processes} processes" if num_processes > 1 else "")
         )
-    ranked, beam_codes, reranked, level_correct = [], [], [], []
+    ranked, beam_codes, beam_outcomes, reranked, level_correct = [], [], [], [], []
     dense_ranked, fused_ranked, dense_deep = [], [], []
     batch_seconds, batch_sizes, rank_seconds = [], [], 0.0
     seen_items = []  # [b, M] history items per batch, -1 padded
@@ -228,6 +340,7 @@ def evaluate_run(
                 beam=beam,
                 beam_weight=beam_weight,
                 outcome_weights=outcome_weights,
+                dense=budget is None,  # the dense head scores under one outcome label
             )
             seen_items.append(seen)
             batch_seconds.append(found.beam_seconds)
@@ -235,6 +348,7 @@ def evaluate_run(
             rank_seconds += found.rank_seconds
             ranked.append(found.beams.items.cpu())
             beam_codes.append(found.beams.codes.cpu())
+            beam_outcomes.append(found.beams.outcomes.cpu())
             if found.dense_logits is not None:
                 # one top-k at the curve's depth; its first top_k columns are the dense ranking
                 deep = found.dense_top(max(top_k, CURVE_DEPTH))[1].cpu()
@@ -273,6 +387,7 @@ def evaluate_run(
     local = {
         "ranked": ranked,
         "codes": beam_codes,
+        "beam_outcomes": beam_outcomes,
         "reranked": reranked,
         "dense_ranked": dense_ranked,
         "fused_ranked": fused_ranked,
@@ -302,12 +417,14 @@ def evaluate_run(
         "catalogue": int(split.data.num_items),
         "num_beams": num_beams,
         "top_k": top_k,
-        "outcome": outcome,
+        "outcome": budget or outcome,
         "exclude_history": exclude_history,
         "beam_weight": beam_weight if ranker is not None else None,
         "model_fingerprint": recommender.model_fingerprint,
         "num_processes": num_processes,
-        "retrieval": M.ranking_metrics(ranked_np, gold_items),
+        "protocol": protocol,
+        "window": window,
+        "retrieval": score(ranked_np),
     }
     tf = _joined(parts, "level_correct").float().mean(dim=0)
     train_codes = rec.sids.codes[torch.as_tensor(split.train_items)]
@@ -316,6 +433,15 @@ def evaluate_run(
         "beam": [round(float(x), 4) for x in M.beam_prefix_accuracy(codes, gold_codes)],
         "popularity": M.popularity_level_accuracy(train_codes, gold_codes),
     }
+    if budget is not None:  # the mix the beam delivered: share of candidates per outcome
+        decoded = _joined(parts, "beam_outcomes")
+        decoded = decoded[ranked_np >= 0] if decoded is not None else torch.zeros(0)
+        results["outcome_mix"] = {
+            label: round(float((decoded == rec.vocab.outcomes.index(label)).double().mean()), 6)
+            if len(decoded)
+            else 0.0
+            for label in budget
+        }
     results["validity"] = {
         "invalid_sid_rate": M.invalid_sid_rate(codes, rec.sids.trie),
         "duplicate_rate": M.duplicate_rate(ranked_np),
@@ -335,23 +461,27 @@ def evaluate_run(
     if reranked is not None:
         results["latency"]["ranking_share"] = rank_seconds / (sum(batch_seconds) + rank_seconds)
     popular = _joined(parts, "popular").numpy()
-    results["popularity"] = M.ranking_metrics(popular[:, :top_k], gold_items)
+    rows = {"retrieval": ranked_np, "popularity": popular[:, :top_k]}
     curves = {
-        "retrieval": M.recall_curve(ranked_np, gold_items),
-        "popularity": M.recall_curve(popular[:, :CURVE_DEPTH], gold_items, CURVE_DEPTH),
+        "retrieval": score.curve(ranked_np),
+        "popularity": score.curve(popular[:, :CURVE_DEPTH], CURVE_DEPTH),
     }
     if reranked is not None:
-        reranked_np = reranked.numpy()
-        results["retrieval+ranking"] = M.ranking_metrics(reranked_np, gold_items)
-        curves["retrieval+ranking"] = M.recall_curve(reranked_np, gold_items)
+        rows["retrieval+ranking"] = reranked.numpy()
+        curves["retrieval+ranking"] = score.curve(rows["retrieval+ranking"])
     dense_top = _joined(parts, "dense_ranked")
     if dense_top is not None:
-        results["dense"] = M.ranking_metrics(dense_top.numpy(), gold_items)
-        results["dense+beam"] = M.ranking_metrics(
-            _joined(parts, "fused_ranked").numpy(), gold_items
-        )
+        rows["dense"] = dense_top.numpy()
+        rows["dense+beam"] = _joined(parts, "fused_ranked").numpy()
         results["dense_beam_weight"] = dense_beam_weight
-        curves["dense"] = M.recall_curve(_joined(parts, "dense_deep").numpy(), gold_items)
+        curves["dense"] = score.curve(_joined(parts, "dense_deep").numpy(), CURVE_DEPTH)
+    embeddings = run_item_embeddings(run_dir, split.data.item_ids)
+    results["diversity"], results["by_target_outcome"] = {}, {}
+    for kind, top in rows.items():
+        if kind != "retrieval":
+            results[kind] = score(top)
+        results["diversity"][kind] = diversity(top, rec.sids.codes, embeddings)
+        results["by_target_outcome"][kind] = score.by_outcome(top)
     results["recall_curve"] = curves
     results["codebook_usage"] = M.codebook_usage(rec.sids.codes, rec.sids.codebook_sizes)
     results["codebook_sizes"] = list(rec.sids.codebook_sizes)

@@ -86,6 +86,105 @@ def mrr(ranked, gold, k: int | None = None) -> float:
     return float(rr.mean()) if len(rank) else 0.0
 
 
+# --------------------------------------------------------------------------- future windows
+def _window_hits(ranked, gold_sets) -> tuple[torch.Tensor, torch.Tensor]:
+    """hits [B, K] (ranked item is one of the user's window items), relevant [B] (distinct
+    window items). gold_sets [B, W], -1 padded; a repeated item counts once."""
+    ranked, gold = _long(ranked), _long(gold_sets)
+    if ranked.dim() != 2 or gold.dim() != 2 or ranked.shape[0] != gold.shape[0]:
+        raise ValueError(
+            f"ranked must be [B, K] and gold_sets [B, W]; got {tuple(ranked.shape)} and "
+            f"{tuple(gold.shape)}"
+        )
+    s = gold.sort(dim=1).values
+    distinct = (s >= 0) & _prepend_true(s[:, 1:] != s[:, :-1])
+    hits = ((ranked[:, :, None] == gold[:, None, :]) & (gold[:, None, :] >= 0)).any(-1)
+    return hits & (ranked >= 0), distinct.sum(dim=1)
+
+
+def _prepend_true(x: torch.Tensor) -> torch.Tensor:
+    """Prepend a True column: the first of the sorted values is always a new one."""
+    return torch.cat([torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device), x], dim=1)
+
+
+def window_metrics(ranked, gold_sets, *, ks=RECALL_KS, ndcg_ks=NDCG_KS) -> dict[str, float]:
+    """Ranking metrics against a future window of relevant items per user (PinRec's
+    protocol); ranked [B, K], gold_sets [B, W] item indices, -1 padded.
+
+    `hit@K`: share of users with any window item in the top K. `recall@K`: the mean over users
+    of the share of their distinct window items in the top K. `ndcg@K`: DCG of the hits over
+    the ideal DCG of min(K, distinct window items). Users without a window item are left out.
+    """
+    hits, relevant = _window_hits(ranked, gold_sets)
+    keep = relevant > 0
+    hits, relevant = hits[keep].double(), relevant[keep].double()
+    if len(relevant) == 0:
+        return {
+            **{f"hit@{k}": 0.0 for k in ks},
+            **{f"recall@{k}": 0.0 for k in ks},
+            **{f"ndcg@{k}": 0.0 for k in ndcg_ks},
+            "users": 0,
+        }
+    K = hits.shape[1]
+    found = hits.cumsum(dim=1)  # [B, K] hits in the top 1..K
+    discount = 1.0 / torch.log2(torch.arange(K, dtype=torch.float64) + 2.0)
+    out: dict[str, float] = {}
+    for k in ks:
+        at = found[:, min(k, K) - 1]
+        out[f"hit@{k}"] = float((at > 0).double().mean())
+        out[f"recall@{k}"] = float((at / relevant).mean())
+    gains = (hits * discount).cumsum(dim=1)
+    ideal = discount.cumsum(0)
+    for k in ndcg_ks:
+        top = min(k, K)
+        best = ideal[(relevant.clamp(max=k).long() - 1).clamp(max=K - 1)]
+        out[f"ndcg@{k}"] = float((gains[:, top - 1] / best).mean())
+    out["users"] = int(keep.sum())
+    return out
+
+
+def window_recall_curve(ranked, gold_sets, max_k: int | None = None) -> list[float]:
+    """hit@k for k = 1 … min(max_k, K) against each user's window; ranked [B, K], gold [B, W]."""
+    hits, relevant = _window_hits(ranked, gold_sets)
+    hits = hits[relevant > 0]
+    K = _check_k(max_k, int(hits.shape[1]))
+    if len(hits) == 0:
+        return [0.0] * K
+    any_hit = hits[:, :K].int().cummax(dim=1).values
+    return [round(float(x), 6) for x in any_hit.double().mean(dim=0)]
+
+
+# --------------------------------------------------------------------------- diversity
+def distinct_first_codes(ranked, codes, k: int = 10) -> float:
+    """Mean number of distinct level-0 SID codes among each user's top ``k`` (more: the list
+    spans more of the catalogue's coarse clusters). ranked [B, K] (-1 padded), codes [N, L]."""
+    top = _long(ranked)[:, : _check_k(k, _long(ranked).shape[1])]
+    first = torch.where(top >= 0, _long(codes)[top.clamp_min(0), 0], -1)
+    s = first.sort(dim=1).values
+    new = (s >= 0) & _prepend_true(s[:, 1:] != s[:, :-1])
+    return float(new.sum(dim=1).double().mean()) if len(s) else 0.0
+
+
+def intra_list_distance(ranked, embeddings, k: int = 10, chunk_size: int = 1024) -> float:
+    """Mean pairwise cosine distance (1 - cosine) between the items of each user's top ``k``,
+    averaged over users with at least two items. ranked [B, K], embeddings [N, D]."""
+    e = torch.as_tensor(np.asarray(embeddings) if not torch.is_tensor(embeddings) else embeddings)
+    e = torch.nn.functional.normalize(e.float(), dim=-1)
+    top = _long(ranked)[:, : _check_k(k, _long(ranked).shape[1])]
+    total, users = 0.0, 0
+    for start in range(0, top.shape[0], chunk_size):
+        t = top[start : start + chunk_size]
+        real = (t >= 0).float()  # [b, k]
+        v = e[t.clamp_min(0)] * real[..., None]
+        n = real.sum(dim=1)
+        pairs = n * (n - 1)
+        sims = torch.einsum("bkd,bjd->b", v, v) - (v * v).sum(dim=(1, 2))  # off-diagonal sum
+        ok = pairs > 0
+        total += float((1.0 - sims[ok] / pairs[ok]).sum())
+        users += int(ok.sum())
+    return total / users if users else 0.0
+
+
 def per_level_accuracy(correct, *, cumulative: bool = False) -> np.ndarray:
     """Mean per level of a [B, L] bool table (e.g. ``teacher_forced_level_correct``).
 

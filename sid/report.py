@@ -177,12 +177,30 @@ def level_names(results: dict) -> list[str]:
 def protocol_text(results: dict) -> list[str]:
     """The evaluation protocol in plain words, one Markdown bullet per line."""
     split = results["split"]
-    target = (
-        "each user's **last** item (the test split); the history is every item before it"
-        if split == "test"
-        else "each user's **second-to-last** item (the validation split); the history is every "
-        "item before it, and the last (test) item is never shown"
-    )
+    window = results.get("window") or 1
+    holdout = ((results.get("data_summary") or {}).get("holdout")) or 1
+    if results.get("protocol") == "window":
+        target = (
+            f"a **future window**: the first {window} of each user's {holdout} held-out "
+            + ("test" if split == "test" else "validation")
+            + " interactions (the run was trained with `--holdout "
+            + f"{holdout}`, so none of them was trained on); the history is every item before "
+            "the window"
+        )
+    elif holdout > 1:
+        target = (
+            "the **next item** after the history: the first of each user's "
+            f"{holdout} held-out "
+            + ("test" if split == "test" else "validation")
+            + f" interactions (`--holdout {holdout}`)"
+        )
+    else:
+        target = (
+            "each user's **last** item (the test split); the history is every item before it"
+            if split == "test"
+            else "each user's **second-to-last** item (the validation split); the history is "
+            "every item before it, and the last (test) item is never shown"
+        )
     if results["exclude_history"]:
         history = (
             "Items already in the user's history are **excluded** from every ranking (the "
@@ -206,9 +224,7 @@ def protocol_text(results: dict) -> list[str]:
     lines = [
         f"- **Target**: {target}. {results['users']} users.",
         f"- **Full ranking** over the whole catalogue of {results['catalogue']} items; no "
-        "sampled negatives. Recall@K: share of users whose target is in the top K; NDCG@K: "
-        "1/log2(rank + 1) of the target in the top K; MRR: mean of 1/rank over the top-"
-        f"{results['top_k']} list (0 when the target is not in it).",
+        "sampled negatives. " + metric_text(results),
         f"- **History**: {history}",
         f"- **Beam search**: {results['num_beams']} beams, top-{results['top_k']} items "
         f"returned, every item generated after the outcome token `<{results['outcome']}>` "
@@ -227,6 +243,64 @@ def protocol_text(results: dict) -> list[str]:
             f"- **Dense + beam**: dense scores fused with the beam log-probability at weight "
             f"{results['dense_beam_weight']:g}."
         )
+    return lines
+
+
+def metric_text(results: dict) -> str:
+    if results.get("protocol") == "window":
+        return (
+            "Hit@K: share of users with any window item in the top K; Recall@K: the mean over "
+            "users of the share of their (distinct) window items in the top K; NDCG@K: the DCG "
+            "of the hits over the ideal DCG of min(K, window items)."
+        )
+    return (
+        "Recall@K: share of users whose target is in the top K; NDCG@K: 1/log2(rank + 1) of "
+        "the target in the top K; MRR: mean of 1/rank over the top-"
+        f"{results['top_k']} list (0 when the target is not in it)."
+    )
+
+
+def metric_columns(results: dict) -> list[str]:
+    if results.get("protocol") == "window":
+        return (
+            [f"hit@{k}" for k in RECALL_KS]
+            + [f"recall@{k}" for k in RECALL_KS]
+            + [f"ndcg@{k}" for k in NDCG_KS]
+        )
+    return [f"recall@{k}" for k in RECALL_KS] + [f"ndcg@{k}" for k in NDCG_KS] + ["mrr"]
+
+
+def outcome_section(results: dict) -> list[str]:
+    """Diversity of each row, and its metrics split by the targets' own outcome."""
+    lines = []
+    diversity = results.get("diversity") or {}
+    if diversity:
+        columns = sorted({c for row in diversity.values() for c in row})
+        lines += [
+            "## Diversity",
+            "",
+            "Distinct level-0 codes: how many coarse SID clusters the top 10 spans; intra-list "
+            "distance: mean pairwise cosine distance of the top 10's item embeddings.",
+            "",
+            _table(diversity, columns),
+        ]
+    by_outcome = results.get("by_target_outcome") or {}
+    rows = {
+        f"{kind}, {label} targets": values
+        for kind, labels in by_outcome.items()
+        for label, values in labels.items()
+    }
+    if len({label for labels in by_outcome.values() for label in labels}) > 1:
+        key = "hit@10" if results.get("protocol") == "window" else "recall@10"
+        columns = [key, "recall@20" if key == "recall@10" else "recall@10", "ndcg@10", "users"]
+        lines += [
+            "## By the targets' outcome",
+            "",
+            f"Every list was generated under `<{results['outcome']}>`; each row scores it "
+            "against the targets with one outcome only (the items the user liked, watched …).",
+            "",
+            _table(rows, columns),
+        ]
     return lines
 
 
@@ -288,7 +362,7 @@ def markdown_report(results: dict, *, plots: Collection[str] | None = None) -> s
     if acc.get("popularity") is not None:
         acc_rows["popularity guess"] = dict(zip(levels, acc["popularity"], strict=True))
     rows = metric_rows(results)
-    columns = [f"recall@{k}" for k in RECALL_KS] + [f"ndcg@{k}" for k in NDCG_KS] + ["mrr"]
+    columns = metric_columns(results)
     lines = [f"# Evaluation of `{Path(results['run']).name}`", ""]
     summary = short_summary(results)
     if summary:
@@ -322,6 +396,7 @@ def markdown_report(results: dict, *, plots: Collection[str] | None = None) -> s
         "",
         _table({"": results["validity"]}, list(results["validity"])),
     ]
+    lines += outcome_section(results)
     lines += ["## Latency", "", latency_text(results), ""]
     lines += recall_curve_section(results, plots)
     lines += codebook_section(results, plots)
@@ -596,7 +671,7 @@ def _plot_recall_at_k(results: dict):
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("K")
-    ax.set_ylabel("Recall@K")
+    ax.set_ylabel("Hit@K (future window)" if results.get("protocol") == "window" else "Recall@K")
     ax.set_ylim(0, None)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -778,7 +853,8 @@ def compare_runs(run_dirs: list[str | os.PathLike]) -> str:
         {c for r in rows.values() for c in r if c.startswith("tf acc L")},
         key=lambda c: int(c.removeprefix("tf acc L")),
     )
-    table = _table(rows, COMPARE_COLUMNS + extra)
+    hits = [c for c in ("hit@10", "hit@20") if any(c in r for r in rows.values())]
+    table = _table(rows, hits + COMPARE_COLUMNS + extra)
     if notes:
         table += "\nStale reports (re-run `python eval.py RUN` to refresh them):\n\n"
         table += "\n".join(notes) + "\n"

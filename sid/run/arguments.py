@@ -297,7 +297,21 @@ class EvalArguments:
     )
     outcome: str | None = field(
         default=library_default(evaluate_run, "outcome"),
-        metadata={"help": "Outcome to condition on (None: the most frequent train outcome)."},
+        metadata={
+            "help": "Outcome to condition on (None: the most frequent train outcome), or a "
+            "budget of candidates per outcome such as like:15,watch:5 (summing to --top_k)."
+        },
+    )
+    protocol: Literal["next", "window"] = field(
+        default=library_default(evaluate_run, "protocol"),
+        metadata={
+            "help": "next: the next item after the history; window: the held-out future window "
+            "of a run trained with --holdout W (hit/recall/NDCG against the window)."
+        },
+    )
+    window: int | None = field(
+        default=library_default(evaluate_run, "window"),
+        metadata={"help": "--protocol window: score the first N held-out items (None: all W)."},
     )
     keep_history: bool = field(
         default=not library_default(evaluate_run, "exclude_history"),

@@ -1,0 +1,120 @@
+"""Future-window training and outcome conditioning on ML-1M (PinRec's protocol).
+
+Two runs of the `ml1m` preset on the same future-window split (each user's last 10
+interactions held out for test, the 10 before them for validation, `--holdout 10`), trained
+with the same budget:
+
+    python train.py --preset ml1m --holdout 10 --run_dir runs/ml1m-h10                      # next item
+    python train.py --preset ml1m --holdout 10 --target_window 10 --run_dir runs/ml1m-h10-w10
+
+This script evaluates both, all users, full ranking, history excluded:
+
+- the window protocol (`--protocol window`): hit@K / recall@K / NDCG@K against the 10
+  held-out test interactions, diversity (distinct level-0 codes, intra-list distance of the
+  top 10) and latency;
+- the next-item protocol (the first held-out interaction);
+- outcome conditioning: lists generated under `<like>` and under `<watch>`, each scored
+  against the items the user went on to like and against those the user only watched
+  (ratings >= 4 are `like`), and a budget {"like": 15, "watch": 5} with the mix it delivered.
+
+    HF_HUB_OFFLINE=1 python benchmarks/bench_window.py --json runs/window/bench_window.json
+
+Each evaluation is stored in the JSON as soon as it finishes, and a re-run skips the ones
+already there (`--redo` evaluates again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without install
+
+RUNS = {"next-item": "runs/ml1m-h10", "window-10": "runs/ml1m-h10-w10"}
+KINDS = ("retrieval", "dense", "dense+beam", "popularity")
+KEEP = (
+    "protocol",
+    "window",
+    "outcome",
+    "users",
+    "per_level_accuracy",
+    "latency",
+    "diversity",
+    "by_target_outcome",
+    "outcome_mix",
+    "validity",
+    "eval_seconds",
+    "model_fingerprint",
+)
+
+
+def evaluations() -> dict[str, dict]:
+    """name → (run label, evaluate_run options)."""
+    out = {}
+    for label in RUNS:
+        out[f"{label}/window"] = (label, dict(protocol="window"))
+        out[f"{label}/next"] = (label, dict(protocol="next"))
+        out[f"{label}/next/watch"] = (label, dict(protocol="next", outcome="watch"))
+        out[f"{label}/window/watch"] = (label, dict(protocol="window", outcome="watch"))
+        out[f"{label}/window/budget"] = (
+            label,
+            dict(protocol="window", outcome={"like": 15, "watch": 5}),
+        )
+    return out
+
+
+def summary(results: dict) -> dict:
+    row = {k: results[k] for k in KEEP if k in results}
+    row.update({k: results[k] for k in KINDS if k in results})
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", type=Path, default=ROOT / "runs" / "window" / "bench_window.json")
+    p.add_argument("--num_beams", type=int, default=20)
+    p.add_argument("--top_k", type=int, default=20)
+    p.add_argument("--max_users", type=int, default=None)
+    p.add_argument("--only", nargs="*", help="evaluate only these names")
+    p.add_argument("--redo", action="store_true")
+    args = p.parse_args()
+
+    from sid.evaluation import evaluate_run
+
+    done = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    for name, (label, options) in evaluations().items():
+        if args.only and name not in args.only:
+            continue
+        run = ROOT / RUNS[label]
+        if not (run / "model").is_dir():
+            print(f"{name}: {run} is not trained yet; skipped", flush=True)
+            continue
+        if name in done and not args.redo:
+            print(f"{name}: reused", flush=True)
+            continue
+        results = evaluate_run(
+            run,
+            num_beams=args.num_beams,
+            top_k=args.top_k,
+            max_users=args.max_users,
+            write_report=False,
+            **options,
+        )
+        done[name] = {"run": RUNS[label], **summary(results)}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(done, indent=1))
+        tmp.replace(args.json)
+        head = results["retrieval"]
+        key = "hit@20" if options["protocol"] == "window" else "recall@20"
+        print(
+            f"{name}: retrieval {key} {head[key]:.4f} ({results['eval_seconds']:.0f} s)", flush=True
+        )
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

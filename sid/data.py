@@ -154,6 +154,7 @@ class LeaveOneOutSplit:
     valid_window_outcomes: np.ndarray | None = None
     test_window: np.ndarray | None = None
     test_window_outcomes: np.ndarray | None = None
+    train_timestamps: np.ndarray | None = None  # int64 [N'], aligned with train_items
 
     def __post_init__(self):
         if self.valid_window is None:  # leave-one-out: the windows are the single targets
@@ -755,6 +756,7 @@ def leave_one_out(
         valid_window_outcomes=data.outcomes[valid],
         test_window=data.items[test],
         test_window_outcomes=data.outcomes[test],
+        train_timestamps=data.timestamps[source],
     )
 
 

@@ -42,10 +42,13 @@ def _check_outcomes(split: LeaveOneOutSplit, vocab: SIDVocab) -> None:
         )
 
 
-def future_windows(split: LeaveOneOutSplit, target_window: int) -> np.ndarray:
+def future_windows(
+    split: LeaveOneOutSplit, target_window: int, seconds: float | None = None
+) -> np.ndarray:
     """The targets of every train position under a future window of `target_window` items:
     int64 [N', W], row i = train item i, then the next W - 1 train items of the same user that
-    share its outcome (-1 where the user's train sequence ends or the outcome differs).
+    share its outcome (-1 where the user's train sequence ends or the outcome differs) and,
+    with `seconds`, that come at most that many seconds after item i.
 
     Column 0 is the item itself, so W = 1 is the next-item target. The window never reaches
     past the train sequence: validation and test items are no one's target. Only items of the
@@ -54,6 +57,10 @@ def future_windows(split: LeaveOneOutSplit, target_window: int) -> np.ndarray:
     """
     if target_window < 1:
         raise ValueError(f"--target_window must be >= 1 (1 = next item), got {target_window}")
+    if seconds is not None and not seconds >= 0:
+        raise ValueError(f"--target_window_seconds must be >= 0, got {seconds}")
+    if seconds is not None and split.train_timestamps is None:
+        raise ValueError("--target_window_seconds needs the split's train timestamps")
     n = split.train_items.shape[0]
     ends = np.repeat(split.train_offsets[1:], np.diff(split.train_offsets))  # [N'] user's end
     here = np.arange(n)
@@ -63,6 +70,8 @@ def future_windows(split: LeaveOneOutSplit, target_window: int) -> np.ndarray:
         inside = at < ends
         at = np.where(inside, at, 0)
         same = inside & (split.train_outcomes[at] == split.train_outcomes)
+        if seconds is not None:
+            same &= split.train_timestamps[at] - split.train_timestamps <= seconds
         out[:, k] = np.where(same, split.train_items[at], -1)
     return out
 
@@ -76,13 +85,14 @@ def build_train_windows(
     stride: int | None = None,
     outcome_loss: bool = False,
     target_window: int = 1,
+    target_window_seconds: float | None = None,
 ) -> dict[str, list]:
     """Sliding windows over each kept user's train sequence (valid/test targets never enter).
 
     Returns columns `input_ids`, `labels` (lists of int lists, `labels` = -100 where there is
     no loss) and `user` (position of the user in `split.users`). With `target_window` W > 1
     also `window`: per example, the [items, W] future-window targets of its items
-    (`future_windows`), flattened; `window_lm_loss` and the dense head then reward any of them.
+    (`future_windows`, within `target_window_seconds` of the item when given), flattened; `window_lm_loss` and the dense head then reward any of them.
     """
     if max_items < 2:
         raise ValueError(
@@ -98,7 +108,9 @@ def build_train_windows(
     if not outcome_loss:
         labels[:, 0] = IGNORE
     columns: dict[str, list] = {"input_ids": [], "labels": [], "user": []}
-    window = future_windows(split, target_window) if target_window > 1 else None
+    window = (
+        future_windows(split, target_window, target_window_seconds) if target_window > 1 else None
+    )
     if window is not None:
         columns["window"] = []
     offsets = split.train_offsets

@@ -45,6 +45,18 @@ def test_future_windows_are_the_next_items_of_the_same_outcome_inside_train(setu
         future_windows(split, 0)
 
 
+def test_a_time_span_cuts_the_window(setup):
+    _, split = setup  # one interaction per second
+    full = future_windows(split, 4)
+    np.testing.assert_array_equal(future_windows(split, 4, seconds=3), full)
+    within_two = future_windows(split, 4, seconds=2)  # item i + 3 comes 3 s later
+    np.testing.assert_array_equal(within_two[:, :3], full[:, :3])
+    assert (within_two[:, 3] == -1).all()
+    assert (future_windows(split, 4, seconds=1)[:, 1:] == -1).all()  # i + 1: other outcome
+    with pytest.raises(ValueError, match="--target_window_seconds must be >= 0"):
+        future_windows(split, 4, seconds=-1)
+
+
 def _batch(rec, split, target_window, max_items=6):
     columns = build_train_windows(
         split, rec.sids, rec.vocab, max_items=max_items, target_window=target_window

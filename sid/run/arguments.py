@@ -244,6 +244,13 @@ class ModelArguments:
             "multi-positive softmax); 1: the next item only."
         },
     )
+    target_window_seconds: float | None = field(
+        default=library_default(build_train_windows, "target_window_seconds"),
+        metadata={
+            "help": "With --target_window: only items at most this many seconds after the "
+            "item count (None: no time limit)."
+        },
+    )
 
 
 @dataclass
@@ -478,6 +485,13 @@ def validate_arguments(
         "it must be a number > 0 (use --max_steps to stop early)",
     )
     need(targs.max_steps == -1 or targs.max_steps > 0, "max_steps", targs.max_steps, "-1 or > 0")
+    seconds = margs.target_window_seconds
+    need(
+        seconds is None or (math.isfinite(seconds) and seconds >= 0),
+        "target_window_seconds",
+        seconds,
+        "it must be >= 0 seconds (or left out for no time limit)",
+    )
     need(
         math.isfinite(targs.learning_rate) and targs.learning_rate > 0,
         "learning_rate",

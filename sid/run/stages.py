@@ -283,6 +283,11 @@ def model_stage(
             else ()
         ),
         *((("target_window", margs.target_window),) if margs.target_window > 1 else ()),
+        *(
+            (("target_window_seconds", margs.target_window_seconds),)
+            if margs.target_window > 1 and margs.target_window_seconds is not None
+            else ()
+        ),
     )
     check_compatible_run(run, sids, rargs.overwrite)
     if run.fresh("model", key, "model/sid_vocab.json"):
@@ -332,6 +337,7 @@ def model_stage(
         stride=margs.stride,
         outcome_loss=margs.outcome_loss,
         target_window=margs.target_window,
+        target_window_seconds=margs.target_window_seconds,
     )
     valid = build_eval_examples(split, sids, rec.vocab, max_items=margs.max_items, which="valid")
     if rargs.eval_users:

@@ -1,18 +1,21 @@
 """Future-window training and outcome conditioning on ML-1M (PinRec's protocol).
 
 Two runs of the `ml1m` preset on the same future-window split (each user's last 10
-interactions held out for test, the 10 before them for validation, `--holdout 10`), trained
-with the same budget:
+interactions held out for test, the 10 before them for validation, `--holdout 10`), and two
+on the leave-one-out split, each pair trained with the same budget:
 
     python train.py --preset ml1m --holdout 10 --run_dir runs/ml1m-h10                      # next item
     python train.py --preset ml1m --holdout 10 --target_window 10 --run_dir runs/ml1m-h10-w10
+    python train.py --preset ml1m --run_dir runs/ml1m-next
+    python train.py --preset ml1m --target_window 10 --run_dir runs/ml1m-w10
 
 This script evaluates both, all users, full ranking, history excluded:
 
 - the window protocol (`--protocol window`): hit@K / recall@K / NDCG@K against the 10
   held-out test interactions, diversity (distinct level-0 codes, intra-list distance of the
   top 10) and latency;
-- the next-item protocol (the first held-out interaction);
+- the next-item protocol (the first held-out interaction), and leave-one-out for the
+  leave-one-out pair;
 - outcome conditioning: lists generated under `<like>` and under `<watch>`, each scored
   against the items the user went on to like and against those the user only watched
   (ratings >= 4 are `like`), and a budget {"like": 15, "watch": 5} with the mix it delivered.
@@ -33,7 +36,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without install
 
-RUNS = {"next-item": "runs/ml1m-h10", "window-10": "runs/ml1m-h10-w10"}
+RUNS = {
+    "next-item": "runs/ml1m-h10",
+    "window-10": "runs/ml1m-h10-w10",
+    "loo/next-item": "runs/ml1m-next",
+    "loo/window-10": "runs/ml1m-w10",
+}
 KINDS = ("retrieval", "dense", "dense+beam", "popularity")
 KEEP = (
     "protocol",
@@ -55,9 +63,12 @@ def evaluations() -> dict[str, dict]:
     """name → (run label, evaluate_run options)."""
     out = {}
     for label in RUNS:
+        if label.startswith("loo/"):  # leave-one-out runs: the next item, under each outcome
+            out[f"{label}/next"] = (label, dict(protocol="next"))
+            out[f"{label}/next/watch"] = (label, dict(protocol="next", outcome="watch"))
+            continue
         out[f"{label}/window"] = (label, dict(protocol="window"))
         out[f"{label}/next"] = (label, dict(protocol="next"))
-        out[f"{label}/next/watch"] = (label, dict(protocol="next", outcome="watch"))
         out[f"{label}/window/watch"] = (label, dict(protocol="window", outcome="watch"))
         out[f"{label}/window/budget"] = (
             label,

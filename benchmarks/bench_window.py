@@ -68,12 +68,12 @@ def evaluations() -> dict[str, dict]:
             out[f"{label}/next/watch"] = (label, dict(protocol="next", outcome="watch"))
             continue
         out[f"{label}/window"] = (label, dict(protocol="window"))
-        out[f"{label}/next"] = (label, dict(protocol="next"))
         out[f"{label}/window/watch"] = (label, dict(protocol="window", outcome="watch"))
         out[f"{label}/window/budget"] = (
             label,
             dict(protocol="window", outcome={"like": 15, "watch": 5}),
         )
+        out[f"{label}/next"] = (label, dict(protocol="next"))
     return out
 
 
@@ -81,6 +81,82 @@ def summary(results: dict) -> dict:
     row = {k: results[k] for k in KEEP if k in results}
     row.update({k: results[k] for k in KINDS if k in results})
     return row
+
+
+def _f(x) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
+def tables(done: dict) -> str:
+    """The Markdown tables of BENCHMARKS.md from the stored evaluations."""
+    out = []
+    head = ["hit@10", "hit@20", "recall@10", "recall@20", "ndcg@10", "ndcg@20"]
+    rows = []
+    for label in ("next-item", "window-10"):
+        res = done.get(f"{label}/window")
+        if not res:
+            continue
+        for kind in KINDS:
+            if kind not in res:
+                continue
+            div = res["diversity"][kind]
+            cells = [_f(res[kind].get(c)) for c in head]
+            cells += [f"{div['distinct_level0@10']:.2f}", f"{div['intra_list_distance@10']:.3f}"]
+            rows.append(f"| {label} | {kind} | " + " | ".join(cells) + " |")
+    if rows:
+        cols = [*head, "distinct L0 codes@10", "intra-list dist@10"]
+        out += [
+            "| training | row | " + " | ".join(cols) + " |",
+            "|---|---|" + "---|" * len(cols),
+            *rows,
+            "",
+        ]
+    rows = []
+    for label in ("loo/next-item", "loo/window-10", "next-item", "window-10"):
+        res = done.get(f"{label}/next")
+        if not res:
+            continue
+        for kind in KINDS:
+            if kind in res:
+                m = res[kind]
+                cells = [_f(m.get(c)) for c in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")]
+                div = res["diversity"][kind]["distinct_level0@10"]
+                rows.append(f"| {label} | {kind} | " + " | ".join(cells) + f" | {div:.2f} |")
+    if rows:
+        out += [
+            "| training | row | recall@10 | recall@20 | ndcg@10 | ndcg@20 | distinct L0 codes@10 |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    rows = []
+    for name, res in done.items():
+        if "/window/budget" in name or res.get("outcome") not in ("like", "watch"):
+            continue
+        groups = res["by_target_outcome"]["retrieval"]
+        key = "hit@20" if res["protocol"] == "window" else "recall@20"
+        cells = [
+            _f(groups.get(o, {}).get(key)) + f" ({groups.get(o, {}).get('users', 0)})"
+            for o in ("like", "watch")
+        ]
+        label = name.rsplit("/", 1)[0] if name.endswith("/watch") else name
+        rows.append(
+            f"| {label} | {res['protocol']} | `<{res['outcome']}>` | {key} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    if rows:
+        out += [
+            "| run | protocol | generated under | metric | liked targets (users) | watched targets (users) |",
+            "|---|---|---|---|---|---|",
+            *sorted(rows),
+            "",
+        ]
+    for name, res in done.items():
+        if res.get("outcome_mix"):
+            mix = ", ".join(f"{k} {v:.1%}" for k, v in res["outcome_mix"].items())
+            out.append(f"Budget {res['outcome']} ({name}): delivered {mix}.")
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -91,7 +167,11 @@ def main() -> None:
     p.add_argument("--max_users", type=int, default=None)
     p.add_argument("--only", nargs="*", help="evaluate only these names")
     p.add_argument("--redo", action="store_true")
+    p.add_argument("--table", action="store_true", help="print the Markdown tables and stop")
     args = p.parse_args()
+    if args.table:
+        print(tables(json.loads(args.json.read_text())))
+        return
 
     from sid.evaluation import evaluate_run
 

@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             dense_beam_weight=args.dense_beam_weight,
             protocol=args.protocol,
             window=args.window,
+            slots=args.slots,
         )
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}" if main_process else f"error (process {process_rank()}): {err}")

@@ -1,29 +1,33 @@
-"""Future-window training and outcome conditioning on ML-1M (PinRec's protocol).
+"""Future-window training, query slots and outcome conditioning on ML-1M (PinRec's protocol).
 
-Two runs of the `ml1m` preset on the same future-window split (each user's last 10
-interactions held out for test, the 10 before them for validation, `--holdout 10`), and two
-on the leave-one-out split, each pair trained with the same budget:
+Runs of the `ml1m` preset with the same budget on the same future-window split (each user's
+last 10 interactions held out for test, the 10 before them for validation, `--holdout 10`),
+and a leave-one-out pair:
 
     python train.py --preset ml1m --holdout 10 --run_dir runs/ml1m-h10                      # next item
     python train.py --preset ml1m --holdout 10 --target_window 10 --run_dir runs/ml1m-h10-w10
+    python train.py --preset ml1m --holdout 10 --target_window 10 --slots 4 --run_dir runs/ml1m-h10-w10-s4
     python train.py --preset ml1m --run_dir runs/ml1m-next
-    python train.py --preset ml1m --target_window 10 --run_dir runs/ml1m-w10
+    python train.py --preset ml1m --target_window 10 --slots 4 --run_dir runs/ml1m-w10-s4
 
-This script evaluates both, all users, full ranking, history excluded:
+This script evaluates every trained one, all users, full ranking, history excluded:
 
 - the window protocol (`--protocol window`): hit@K / recall@K / NDCG@K against the 10
   held-out test interactions, diversity (distinct level-0 codes, intra-list distance of the
   top 10) and latency;
 - the next-item protocol (the first held-out interaction), and leave-one-out for the
   leave-one-out pair;
+- the slot model decoded with its first slot alone (`--slots 1`): k slots against 1 slot of
+  the same weights;
 - outcome conditioning: lists generated under `<like>` and under `<watch>`, each scored
   against the items the user went on to like and against those the user only watched
   (ratings >= 4 are `like`), and a budget {"like": 15, "watch": 5} with the mix it delivered.
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_window.py --json runs/window/bench_window.json
+    python benchmarks/bench_window.py --table          # the Markdown tables of BENCHMARKS.md
 
 Each evaluation is stored in the JSON as soon as it finishes, and a re-run skips the ones
-already there (`--redo` evaluates again).
+already there (`--redo` evaluates again) and the runs not trained yet.
 """
 
 from __future__ import annotations
@@ -39,13 +43,16 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without install
 RUNS = {
     "next-item": "runs/ml1m-h10",
     "window-10": "runs/ml1m-h10-w10",
+    "window-10+4 slots": "runs/ml1m-h10-w10-s4",
     "loo/next-item": "runs/ml1m-next",
-    "loo/window-10": "runs/ml1m-w10",
+    "loo/window-10+4 slots": "runs/ml1m-w10-s4",
 }
+SLOT_RUNS = ("window-10+4 slots", "loo/window-10+4 slots")
 KINDS = ("retrieval", "dense", "dense+beam", "popularity")
 KEEP = (
     "protocol",
     "window",
+    "slots",
     "outcome",
     "users",
     "per_level_accuracy",
@@ -65,9 +72,13 @@ def evaluations() -> dict[str, dict]:
     for label in RUNS:
         if label.startswith("loo/"):  # leave-one-out runs: the next item, under each outcome
             out[f"{label}/next"] = (label, dict(protocol="next"))
+            if label in SLOT_RUNS:
+                out[f"{label}/next/1 slot"] = (label, dict(protocol="next", slots=1))
             out[f"{label}/next/watch"] = (label, dict(protocol="next", outcome="watch"))
             continue
         out[f"{label}/window"] = (label, dict(protocol="window"))
+        if label in SLOT_RUNS:
+            out[f"{label}/window/1 slot"] = (label, dict(protocol="window", slots=1))
         out[f"{label}/window/watch"] = (label, dict(protocol="window", outcome="watch"))
         out[f"{label}/window/budget"] = (
             label,
@@ -87,24 +98,36 @@ def _f(x) -> str:
     return "–" if x is None else f"{x:.4f}"
 
 
+def _latency(res: dict) -> str:
+    lat = res.get("latency") or {}
+    return f"{lat['per_user_ms']:.1f}" if "per_user_ms" in lat else "–"
+
+
+def _evaluated(done: dict, protocol: str):
+    """(shown label, row kind, results) of every stored evaluation under `protocol`, run by
+    run, the slot runs decoded with all slots then with one."""
+    for label in RUNS:
+        for name in (f"{label}/{protocol}", f"{label}/{protocol}/1 slot"):
+            res = done.get(name)
+            shown = label if name.endswith(f"/{protocol}") else f"{label}, decoded with 1 slot"
+            for kind in KINDS if res else ():
+                if kind in res:
+                    yield shown, kind, res
+
+
 def tables(done: dict) -> str:
     """The Markdown tables of BENCHMARKS.md from the stored evaluations."""
     out = []
     head = ["hit@10", "hit@20", "recall@10", "recall@20", "ndcg@10", "ndcg@20"]
     rows = []
-    for label in ("next-item", "window-10"):
-        res = done.get(f"{label}/window")
-        if not res:
-            continue
-        for kind in KINDS:
-            if kind not in res:
-                continue
-            div = res["diversity"][kind]
-            cells = [_f(res[kind].get(c)) for c in head]
-            cells += [f"{div['distinct_level0@10']:.2f}", f"{div['intra_list_distance@10']:.3f}"]
-            rows.append(f"| {label} | {kind} | " + " | ".join(cells) + " |")
+    for shown, kind, res in _evaluated(done, "window"):
+        div = res["diversity"][kind]
+        cells = [_f(res[kind].get(c)) for c in head]
+        cells += [f"{div['distinct_level0@10']:.2f}", f"{div['intra_list_distance@10']:.3f}"]
+        lat = _latency(res) if kind == "retrieval" else ""
+        rows.append(f"| {shown} | {kind} | " + " | ".join(cells) + f" | {lat} |")
     if rows:
-        cols = [*head, "distinct L0 codes@10", "intra-list dist@10"]
+        cols = [*head, "distinct L0 codes@10", "intra-list dist@10", "beam ms/user"]
         out += [
             "| training | row | " + " | ".join(cols) + " |",
             "|---|---|" + "---|" * len(cols),
@@ -112,16 +135,10 @@ def tables(done: dict) -> str:
             "",
         ]
     rows = []
-    for label in ("loo/next-item", "loo/window-10", "next-item", "window-10"):
-        res = done.get(f"{label}/next")
-        if not res:
-            continue
-        for kind in KINDS:
-            if kind in res:
-                m = res[kind]
-                cells = [_f(m.get(c)) for c in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")]
-                div = res["diversity"][kind]["distinct_level0@10"]
-                rows.append(f"| {label} | {kind} | " + " | ".join(cells) + f" | {div:.2f} |")
+    for shown, kind, res in _evaluated(done, "next"):
+        cells = [_f(res[kind].get(c)) for c in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")]
+        div = res["diversity"][kind]["distinct_level0@10"]
+        rows.append(f"| {shown} | {kind} | " + " | ".join(cells) + f" | {div:.2f} |")
     if rows:
         out += [
             "| training | row | recall@10 | recall@20 | ndcg@10 | ndcg@20 | distinct L0 codes@10 |",
@@ -131,7 +148,7 @@ def tables(done: dict) -> str:
         ]
     rows = []
     for name, res in done.items():
-        if "/window/budget" in name or res.get("outcome") not in ("like", "watch"):
+        if "/budget" in name or "1 slot" in name or res.get("outcome") not in ("like", "watch"):
             continue
         groups = res["by_target_outcome"]["retrieval"]
         key = "hit@20" if res["protocol"] == "window" else "recall@20"

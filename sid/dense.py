@@ -20,6 +20,7 @@ there, e.g. PrefixMem's, stays inside); ``detach`` restores it. The module saves
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 
@@ -257,6 +258,7 @@ def dense_loss(
         B, n, W = window_items.shape
         by_position = torch.full((*targets.shape, W), -1, dtype=torch.long, device=h.device)
         by_position[:, : n * (1 + wrapper.num_levels) : 1 + wrapper.num_levels] = window_items
+        by_position[..., 0] = targets  # a slot segment's query (past the examples): its target
         positives = by_position[keep]  # [P, W]
     valid = positives >= 0
     table = wrapper.dense.items.weight
@@ -331,14 +333,37 @@ def dense_logits(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     outcome_id: int,
+    slot_ids: list[int] | tuple[int, ...] = (),
 ) -> torch.Tensor:
     """Dense scores of the whole catalogue, FloatTensor [B, N], for LEFT-padded histories
     input_ids/attention_mask [B, T]: the state at the appended outcome token (where the beam
-    search starts decoding) dotted with every item vector. One forward of the history."""
+    search starts decoding) dotted with every item vector. One forward of the history.
+
+    `slot_ids` (the ids of `<next_2>` … `<next_k>`): every slot is a query too. They are fed
+    after the outcome token at its position, each seeing the history, the outcome token and
+    itself (as in training), and the scores are the log of the slots' mixture
+    `log(mean_j softmax_j)` over the catalogue."""
     B = input_ids.shape[0]
-    tok = torch.full((B, 1), outcome_id, dtype=torch.long, device=input_ids.device)
+    dev = input_ids.device
+    tok = torch.full((B, 1), outcome_id, dtype=torch.long, device=dev)
     ids = torch.cat([input_ids, tok], 1)
     mask = torch.cat([attention_mask.long(), torch.ones_like(tok)], 1)
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    h = lm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions)
-    return dense.scores(h.last_hidden_state[:, -1])
+    if not slot_ids:
+        h = lm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions)
+        return dense.scores(h.last_hidden_state[:, -1])
+    k1 = len(slot_ids)
+    T = ids.shape[1]
+    slots = torch.tensor(list(slot_ids), dtype=torch.long, device=dev).expand(B, k1)
+    ids = torch.cat([ids, slots], 1)
+    positions = torch.cat([positions, positions[:, -1:].expand(B, k1)], 1)
+    at = torch.arange(T + k1, device=dev)
+    allowed = (at[:, None] >= at[None, :]) & (at[None, :] < T)  # causal over history + <o>
+    allowed = allowed | torch.eye(T + k1, dtype=torch.bool, device=dev)  # a slot sees itself
+    allowed = allowed[None] & torch.cat([mask, torch.ones_like(slots)], 1).bool()[:, None, :]
+    allowed = allowed | torch.eye(T + k1, dtype=torch.bool, device=dev)[None]  # padding rows
+    bias = torch.zeros(allowed.shape, dtype=lm.dtype, device=dev)
+    bias = bias.masked_fill(~allowed, torch.finfo(lm.dtype).min)[:, None]
+    h = lm.base_model(input_ids=ids, attention_mask=bias, position_ids=positions)
+    logp = F.log_softmax(dense.scores(h.last_hidden_state[:, -(k1 + 1) :]).float(), dim=-1)
+    return logp.logsumexp(1) - math.log(k1 + 1)

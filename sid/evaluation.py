@@ -234,6 +234,7 @@ def evaluate_run(
     dense_beam_weight: float = DENSE_BEAM_WEIGHT,
     protocol: str = "next",
     window: int | None = None,
+    slots: int | None = None,
 ) -> dict:
     """Full-ranking evaluation of a trained run on the `split_name` targets.
 
@@ -252,6 +253,9 @@ def evaluate_run(
     trained on. Either way every row also reports diversity (distinct level-0 codes and
     intra-list embedding distance of the top 10) and the metrics by the targets' own outcome
     (`by_target_outcome`: how well the items the user liked, or only watched, are found).
+
+    `slots`: query slots of a model trained with `--slots` k that the beam search decodes and
+    the dense head scores with (None: all k; 1: the next-item slot alone).
 
     Launched over several processes (`accelerate launch --num_processes N`), each process
     evaluates its block of user batches (`shard_batches`) on its own device (`device=None`:
@@ -284,6 +288,9 @@ def evaluate_run(
         run_dir, device=_process_device(device, state), rerank=rerank
     )
     rec = recommender.rec
+    from sid.retrieval import resolve_slots
+
+    slots = resolve_slots(slots, rec.vocab)
     if rec.sids.item_ids != split.data.item_ids:
         raise ValueError(
             f"{run_dir}: the semantic IDs' item catalogue differs from the dataset's; "
@@ -303,7 +310,7 @@ def evaluate_run(
         for label in budget:
             rec.vocab.outcome_id(label)
     rec.vocab.outcome_id(outcome)  # unknown label → clear error before any work
-    beam = replace(beam, outcome=budget or outcome)
+    beam = replace(beam, outcome=budget or outcome, slots=slots)
     ranker = recommender.ranker
 
     users = np.arange(split.num_users)
@@ -424,6 +431,7 @@ def evaluate_run(
         "num_processes": num_processes,
         "protocol": protocol,
         "window": window,
+        "slots": slots,
         "retrieval": score(ranked_np),
     }
     tf = _joined(parts, "level_correct").float().mean(dim=0)

@@ -272,10 +272,12 @@ class SIDRecModel:
         self.fingerprint: str | None = None  # set when loaded from a run directory
 
     @classmethod
-    def build(cls, base_model: str, sids: SemanticIDs, outcomes: list[str], **kwargs):
-        """Load `base_model`, add SID + outcome tokens and resize its embeddings."""
+    def build(
+        cls, base_model: str, sids: SemanticIDs, outcomes: list[str], *, slots: int = 1, **kwargs
+    ):
+        """Load `base_model`, add SID + outcome (+ slot) tokens and resize its embeddings."""
         lm, tokenizer = load_base_model(base_model, **kwargs)
-        vocab = SIDVocab(list(sids.codebook_sizes), list(outcomes))
+        vocab = SIDVocab(list(sids.codebook_sizes), list(outcomes), slots)
         vocab.add_to_tokenizer(tokenizer)
         vocab.resize_model(lm)
         return cls(lm, tokenizer, vocab, sids)

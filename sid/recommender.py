@@ -30,7 +30,7 @@ from torch import FloatTensor, LongTensor
 from sid.dense import DENSE_BEAM_WEIGHT
 from sid.model import SIDRecModel
 from sid.ranking import DEFAULT_BEAM_WEIGHT, RankedOutput, history_inputs
-from sid.retrieval import BeamSearchConfig, BeamSearchOutput
+from sid.retrieval import BeamSearchConfig, BeamSearchOutput, resolve_slots
 
 logger = logging.getLogger(__name__)
 
@@ -461,12 +461,14 @@ class Recommender:
                     f"the dense head scores under one outcome label, got the budget "
                     f"{beam.outcome}; pass one label or dense=False"
                 )
+            n_slots = resolve_slots(beam.slots, self.rec.vocab)
             logits = dense_logits(
                 self.rec.lm,
                 self.rec.dense,
                 input_ids,
                 attention_mask,
                 self.rec.vocab.outcome_id(beam.outcome),
+                slot_ids=[self.rec.vocab.slot_id(j) for j in range(2, n_slots + 1)],
             )
         if rank:
             from sid.ranking import rank_candidates

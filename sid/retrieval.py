@@ -200,6 +200,8 @@ class BeamSearchConfig:
     outcome: None (decode right after the history), a label (append its token) or a budget
         ``{"like": 15, "watch": 5}`` (candidates per outcome).
     return_states: also return the history's last hidden states (for the ranking head).
+    slots: query slots decoded per (user, outcome) (None: all the model's ``vocab.slots``;
+        1: the next item only).
 
     The per-batch ``exclude_items`` tensor is data, not an option: :meth:`search` takes it.
     """
@@ -208,11 +210,13 @@ class BeamSearchConfig:
     top_k: int | None = None
     outcome: str | dict[str, int] | None = None
     return_states: bool = True
+    slots: int | None = None
 
     def __post_init__(self):
         if isinstance(self.outcome, dict):
             object.__setattr__(self, "outcome", dict(self.outcome))  # the caller's dict may change
         _outcome_plan(None, self.outcome, self.num_beams, self.top_k)
+        resolve_slots(self.slots, None)
 
     @property
     def num_candidates(self) -> int:
@@ -240,7 +244,22 @@ class BeamSearchConfig:
             outcome=self.outcome,
             exclude_items=exclude_items,
             return_states=self.return_states,
+            slots=self.slots,
         )
+
+
+def resolve_slots(slots, vocab) -> int:
+    """→ the number of slots to decode (None: the vocabulary's)."""
+    if slots is None:
+        return 1 if vocab is None else vocab.slots
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise ValueError(f"slots must be an int >= 1 (or None: the model's), got {slots!r}")
+    if vocab is not None and slots > vocab.slots:
+        raise ValueError(
+            f"slots={slots}, but the model was trained with {vocab.slots} slot(s) "
+            f"(train.py --slots); ask for at most {vocab.slots}"
+        )
+    return slots
 
 
 # --------------------------------------------------------------------------- KV strategies
@@ -274,12 +293,13 @@ class _SharedHistoryDecoder:
         self.block_start: list[int] = []  # cache index of each fed level's block
         self.block_width: list[int] = []  # beams per group in each fed level's block
 
-    def _attend(self, ids, allowed, prefix_codes):
-        """ids [B, Q] fed tokens; allowed BoolTensor [B, Q, cache_len + Q] → hidden [B, Q, H]."""
+    def _attend(self, ids, allowed, prefix_codes, at=None):
+        """ids [B, Q] fed tokens; allowed BoolTensor [B, Q, cache_len + Q] → hidden [B, Q, H].
+        `at` [B]: their position (default: the next one)."""
         B, Q = ids.shape
         bias = torch.zeros(allowed.shape, dtype=self.dtype, device=ids.device)
         bias = bias.masked_fill(~allowed, torch.finfo(self.dtype).min)[:, None]
-        positions = self.next_pos[:, None].expand(B, Q)
+        positions = (self.next_pos if at is None else at)[:, None].expand(B, Q)
         if prefix_codes is not None and getattr(
             self.lm.get_input_embeddings(), "accepts_prefix_codes", False
         ):
@@ -300,6 +320,26 @@ class _SharedHistoryDecoder:
         self.visible = allowed.reshape(B * n_o, -1)
         self.next_pos = self.next_pos + 1
         return h.reshape(B * n_o, -1)
+
+    def branch_slots(self, slot_tok: LongTensor) -> FloatTensor:
+        """Feed the slot tokens ``<next_2>`` … ``<next_k>`` [k - 1] after each group's outcome
+        token, at the outcome token's position (as in training); each sees its group's keys
+        and itself. The groups become (user, outcome, slot), slot 1 being the group as it was
+        (no token). → the slot tokens' hidden states [B, n_out, k - 1, H]."""
+        B, n_o = self.B, self.n_out
+        k1 = slot_tok.shape[0]
+        Q = n_o * k1
+        C0 = self.visible.shape[1]
+        own = torch.eye(Q, dtype=torch.bool, device=slot_tok.device).expand(B, Q, Q)
+        hist = self.visible.view(B, n_o, 1, C0).expand(B, n_o, k1, C0).reshape(B, Q, C0)
+        allowed = torch.cat([hist, own], dim=-1)  # [B, Q, C0 + Q]
+        h = self._attend(slot_tok.repeat(n_o).expand(B, Q), allowed, None, at=self.next_pos - 1)
+        vis = torch.zeros(B, n_o, k1 + 1, C0 + Q, dtype=torch.bool, device=slot_tok.device)
+        vis[..., :C0] = self.visible.view(B, n_o, 1, C0)
+        vis[:, :, 1:, C0:] = own[0].view(1, n_o, k1, Q)
+        self.visible = vis.view(B * n_o * (k1 + 1), C0 + Q)
+        self.n_out = n_o * (k1 + 1)
+        return h.view(B, n_o, k1, -1)
 
     def step(self, tok, parent, rows, prev_codes) -> FloatTensor:
         """tok/parent [G, W] the new beams' tokens and parent slots → hidden [G * W, H]."""
@@ -380,6 +420,7 @@ def constrained_beam_search(
     outcome: str | dict[str, int] | None = BeamSearchConfig.outcome,
     exclude_items: LongTensor | None = None,
     return_states: bool = BeamSearchConfig.return_states,
+    slots: int | None = BeamSearchConfig.slots,
 ) -> BeamSearchOutput:
     """Decode the top SIDs of every user under the prefix trie.
 
@@ -407,6 +448,13 @@ def constrained_beam_search(
             padded. They are filtered out at the last level after normalisation, so the
             scores of other items do not depend on the exclude list.
         return_states: also return the history's last hidden states [B, T, H].
+        slots: query slots per (user, outcome), None: all of ``vocab.slots``. Slot 1 decodes
+            right after the outcome token, slot j >= 2 after ``<o> <next_j>``: the cache
+            holds the history once, the k - 1 slot tokens are fed side by side in one step,
+            and every slot decodes its own ``num_beams`` beams under the trie in the same
+            tree-masked steps. The slots' lists are merged per (user, outcome), an item found
+            by several slots once, scored by the slots' mixture ``log(mean_j p_j(item))``
+            (a slot that did not return it counts 0), and the best ``num_beams`` kept.
 
     Returns:
         :class:`BeamSearchOutput` with ``K = top_k`` (or the budget total) columns, sorted by
@@ -416,6 +464,11 @@ def constrained_beam_search(
     attention_mask = torch.as_tensor(attention_mask)
     _check_inputs(vocab, trie, input_ids, attention_mask)
     labels, counts, nb, k_out = _outcome_plan(vocab, outcome, num_beams, top_k)
+    n_slots = resolve_slots(slots, vocab)
+    if n_slots > 1 and not _shared_history_ok(lm):
+        from sid.training import check_slot_attention
+
+        check_slot_attention(getattr(lm.config, "_attn_implementation", None))
     device = input_ids.device
     if trie.node_child[0].device != device:
         trie = trie.to(device)
@@ -471,6 +524,15 @@ def constrained_beam_search(
         if n_out > 1:
             outcome_tok = torch.tensor([vocab.outcome_id(o) for o in labels], device=device)
             last = decoder.branch_outcomes(outcome_tok)  # [G, H]
+        if n_slots > 1:
+            if last is None:
+                raise ValueError("slot decoding needs a history or an outcome token to follow")
+            slot_tok = torch.tensor(
+                [vocab.slot_id(j) for j in range(2, n_slots + 1)], device=device
+            )
+            h_slots = decoder.branch_slots(slot_tok)  # [B, n_out, k - 1, H]
+            last = torch.cat([last.view(B, n_out, 1, -1), h_slots], 2).reshape(-1, last.shape[-1])
+            G = B * n_out * n_slots  # groups g = (b * n_out + o) * k + slot
 
         nodes = torch.zeros(G, dtype=torch.long, device=device)  # [G * width]
         scores = torch.zeros(G, 1, device=device)  # [G, width]
@@ -485,7 +547,9 @@ def constrained_beam_search(
             if level == L - 1 and excluded is not None:
                 items = trie.node_child[level][nodes]  # [G * width, K]
                 user = torch.div(
-                    torch.arange(G * width, device=device), n_out * width, rounding_mode="floor"
+                    torch.arange(G * width, device=device),
+                    (G // max(B, 1)) * width,
+                    rounding_mode="floor",
                 )
                 hit = excluded[user[:, None], items.clamp_min(0)] & (items >= 0)
                 logp = logp.masked_fill(hit, float("-inf"))
@@ -510,6 +574,9 @@ def constrained_beam_search(
         alive = torch.isfinite(scores)  # [G, nb]
         items = child.view(G, width).where(alive, -1)
         codes = codes.where(alive[:, :, None], -1)
+        if n_slots > 1:  # k lists per (user, outcome) → one
+            items, codes, scores = _merge_slots(items, codes, scores, n_slots, nb)
+            width = items.shape[1]
         out_index = torch.tensor(
             [-1 if o is None else vocab.outcomes.index(o) for o in labels], device=device
         )
@@ -543,6 +610,38 @@ def constrained_beam_search(
     finally:
         if was_training:
             lm.train()
+
+
+def _merge_slots(items, codes, scores, k: int, keep: int):
+    """Per-slot beams items/scores [R * k, W], codes [R * k, W, L] → one list per row R:
+    each item once, scored log(mean over the k slots of its probability) (0 where a slot did
+    not return it), sorted descending, the best `keep` (-1 / -inf where fewer exist)."""
+    G, W = items.shape
+    L = codes.shape[-1]
+    R = G // k
+    items, scores, codes = items.view(R, k * W), scores.view(R, k * W), codes.view(R, k * W, L)
+    scores = scores.masked_fill(items < 0, float("-inf"))
+    order = items.argsort(dim=-1, stable=True)
+    it = items.gather(1, order)
+    sc = scores.gather(1, order)
+    cd = codes.gather(1, order[:, :, None].expand(-1, -1, L))
+    first = torch.ones_like(it, dtype=torch.bool)
+    first[:, 1:] = it[:, 1:] != it[:, :-1]
+    run = first.cumsum(-1) - 1  # [R, k * W] run index of each entry
+    top = sc.max(dim=-1, keepdim=True).values
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    mass = torch.zeros_like(sc).scatter_add_(1, run, (sc - top).exp())
+    merged = mass.log() + top - torch.log(torch.tensor(float(k)))
+    run_items = torch.full_like(it, -1).scatter_(1, run, it)
+    run_codes = torch.full_like(cd, -1).scatter_(1, run[:, :, None].expand(-1, -1, L), cd)
+    n_runs = run[:, -1:] + 1
+    exists = torch.arange(k * W, device=it.device)[None] < n_runs
+    merged = merged.masked_fill(~exists | (run_items < 0), float("-inf"))
+    merged, pick = merged.topk(min(keep, k * W), dim=-1)
+    items = run_items.gather(1, pick).where(torch.isfinite(merged), -1)
+    codes = run_codes.gather(1, pick[:, :, None].expand(-1, -1, L))
+    codes = codes.where(torch.isfinite(merged)[:, :, None], -1)
+    return items, codes, merged
 
 
 def _merge_budgets(items, codes, scores, counts, out_index, n_items):

@@ -179,10 +179,23 @@ class SIDCollator:
     LongTensor [B, n, W] (each item's window targets, -1 padded) and `window_tokens`
     [B, n, W, L] (their SID tokens from `item_tokens` [N, L], -100 where there is no target),
     n the most items of an example in the batch.
+
+    Train examples marked `slot_train` of a model with `slots` k > 1 also get slot segments
+    (`slot_segments`): per slot j = 2..k, up to `slot_anchors` sampled items i of the example
+    whose item i + j - 1 is a target, each written after the padded examples as
+    `<o> <next_j> s_1 … s_L` (the outcome and SID of item i + j - 1) and seeing only the
+    history before item i. The batch then also has `position_ids`, `segment` [B, T] (0: the
+    example, s >= 1: its s-th segment, -1: padding) and `visible` [B, T] (how many of the
+    example's positions a segment token sees), from which `slot_attention_mask` builds the
+    4D mask. A fresh draw of anchors every batch: over the epochs every item serves.
     """
 
     pad_token_id: int
     item_tokens: torch.Tensor | None = None
+    slots: int = 1
+    slot_ids: tuple[int, ...] = ()
+    slot_anchors: int = 8
+    num_levels: int = 0
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         longest = max(len(f["input_ids"]) for f in features)
@@ -208,7 +221,98 @@ class SIDCollator:
             tokens = self.item_tokens[items.clamp_min(0)]
             out["window_items"] = items
             out["window_tokens"] = tokens.masked_fill((items < 0)[..., None], IGNORE)
+        if self.slots > 1 and features[0].get("slot_train"):
+            out.update(self.slot_segments(input_ids, labels, attention))
         return out
+
+    def slot_segments(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, attention: torch.Tensor
+    ) -> dict:
+        """The batch with slot segments appended after column `longest` (see the class)."""
+        if len(self.slot_ids) != self.slots - 1 or self.num_levels < 1:
+            raise ValueError("slot training needs the collator's slot_ids and num_levels")
+        B, M = input_ids.shape
+        L = self.num_levels
+        S = 1 + L
+        seg_ids, seg_labels, seg_pos, seg_vis = [], [], [], []
+        for row in range(B):
+            n_items = int(attention[row].sum()) // S
+            target = labels[row, : n_items * S].view(n_items, S)[:, 1] != IGNORE  # [n_items]
+            ids, lab, pos, vis = [], [], [], []
+            for j in range(2, self.slots + 1):
+                d = j - 1
+                anchors = torch.arange(1, max(1, n_items - d))
+                anchors = anchors[target[anchors + d]] if anchors.numel() else anchors
+                if anchors.numel() > self.slot_anchors:
+                    anchors = anchors[torch.randperm(anchors.numel())[: self.slot_anchors]]
+                for i in anchors.tolist():
+                    item = input_ids[row, (i + d) * S : (i + d + 1) * S]  # <o> s_1 … s_L
+                    ids += [int(item[0]), self.slot_ids[j - 2], *item[1:].tolist()]
+                    lab += [IGNORE, IGNORE, *item[1:].tolist()]
+                    pos += [i * S, i * S, *range(i * S + 1, i * S + 1 + L)]
+                    vis += [i * S] * (L + 2)
+            seg_ids.append(ids)
+            seg_labels.append(lab)
+            seg_pos.append(pos)
+            seg_vis.append(vis)
+        extra = max(len(x) for x in seg_ids)
+        T = M + extra
+        ids = torch.full((B, T), self.pad_token_id, dtype=torch.long)
+        lab = torch.full((B, T), IGNORE, dtype=torch.long)
+        pos = torch.zeros((B, T), dtype=torch.long)
+        segment = torch.full((B, T), -1, dtype=torch.long)
+        visible = torch.full((B, T), T, dtype=torch.long)
+        ids[:, :M], lab[:, :M] = input_ids, labels
+        pos[:, :M] = torch.arange(M)
+        segment[:, :M] = torch.where(attention.bool(), 0, -1)
+        for row in range(B):
+            k = len(seg_ids[row])
+            if not k:
+                continue
+            ids[row, M : M + k] = torch.tensor(seg_ids[row])
+            lab[row, M : M + k] = torch.tensor(seg_labels[row])
+            pos[row, M : M + k] = torch.tensor(seg_pos[row])
+            segment[row, M : M + k] = 1 + torch.arange(k) // (L + 2)
+            visible[row, M : M + k] = torch.tensor(seg_vis[row])
+        attention = (segment >= 0).long()
+        return {
+            "input_ids": ids,
+            "labels": lab,
+            "attention_mask": attention,
+            "position_ids": pos,
+            "segment": segment,
+            "visible": visible,
+        }
+
+
+def check_slot_attention(impl: str) -> None:
+    """Slot segments (training) and slot decoding need custom 4D masks: eager or SDPA."""
+    if impl not in ("eager", "sdpa"):
+        raise ValueError(
+            f"--slots > 1 needs the eager or sdpa attention implementation (custom 4D masks); "
+            f"the model uses {impl!r}"
+        )
+
+
+def slot_attention_mask(segment: torch.Tensor, visible: torch.Tensor, *, additive_dtype=None):
+    """The 4D attention mask [B, 1, T, T] of a batch with slot segments (`SIDCollator`): the
+    example's own tokens attend causally among themselves, a segment's tokens to the example's
+    first `visible` positions and causally inside their segment, padding to itself only.
+    Boolean (True: attend), or additive in `additive_dtype` (0 / the dtype's minimum) for
+    attention implementations that add the mask to the scores."""
+    T = segment.shape[1]
+    at = torch.arange(T, device=segment.device)
+    causal = at[None, :, None] >= at[None, None, :]
+    key_seg = segment[:, None, :]
+    same = segment[:, :, None] == key_seg
+    history = (key_seg == 0) & (at[None, None, :] < visible[:, :, None])
+    allowed = causal & (key_seg >= 0) & (same | history)
+    allowed |= torch.eye(T, dtype=torch.bool, device=segment.device)[None]
+    allowed = allowed[:, None]
+    if additive_dtype is None:
+        return allowed
+    bias = torch.zeros(allowed.shape, dtype=additive_dtype, device=segment.device)
+    return bias.masked_fill(~allowed, torch.finfo(additive_dtype).min)
 
 
 def window_lm_loss(
@@ -423,11 +527,22 @@ def joint_dense_loss(
         inner = inner.module  # DistributedDataParallel & co. keep the LM as `.module`
     wrapper = DenseRetrieval.attached(inner)
     labels = inputs["labels"]
+    mask, extra = inputs.get("attention_mask"), {}
+    if inputs.get("segment") is not None:  # slot segments: a 4D mask and explicit positions
+        impl = getattr(inner.config, "_attn_implementation", None) or "eager"
+        check_slot_attention(impl)
+        mask = slot_attention_mask(
+            inputs["segment"],
+            inputs["visible"],
+            additive_dtype=None if impl == "sdpa" else inner.dtype,
+        )
+        extra["position_ids"] = inputs["position_ids"]
     out = model(
         input_ids=inputs["input_ids"],
-        attention_mask=inputs.get("attention_mask"),
+        attention_mask=mask,
         output_hidden_states=wrapper is not None,
         use_cache=False,
+        **extra,
     )
     logits = out.logits
     if inputs.get("window_tokens") is not None:
@@ -488,6 +603,8 @@ def make_trainer(
     dense_weight: float = 1.0,
     dense_negatives: int = 0,
     item_tokens: torch.Tensor | None = None,
+    vocab: SIDVocab | None = None,
+    slot_anchors: int = 8,
 ):
     """An HF `Trainer` over our token-id datasets (accelerate handles devices and processes).
 
@@ -495,7 +612,10 @@ def make_trainer(
     `dense_weight` × the dense head's loss (`joint_dense_loss`): full softmax, or sampled over
     `dense_negatives` uniform negatives when that is > 0. Train columns with a `window`
     (`build_train_windows(target_window=W)`) train on future-window targets; `item_tokens`
-    [N, L] (every item's SID tokens) lets the collator turn them into tokens.
+    [N, L] (every item's SID tokens) lets the collator turn them into tokens. A `vocab` with
+    `slots` k > 1 trains the slot tokens too: per batch and slot, `slot_anchors` sampled items
+    of each example get a slot segment (`SIDCollator.slot_segments`), slot j trained on the
+    item j - 1 places after the next one, under that item's outcome.
     """
     from datasets import Dataset
     from transformers import Trainer
@@ -505,14 +625,22 @@ def make_trainer(
     windowed = "window" in train_columns
     if windowed and item_tokens is None:
         raise ValueError("future-window training (a `window` column) needs item_tokens [N, L]")
+    slots = 1 if vocab is None else vocab.slots
+    if slots > 1:
+        check_slot_attention(getattr(lm.config, "_attn_implementation", None) or "eager")
+        if slot_anchors < 1:
+            raise ValueError(f"slot_anchors must be >= 1, got {slot_anchors}")
     trainer_cls = Trainer
-    if DenseRetrieval.attached(lm) is not None or windowed:
+    if DenseRetrieval.attached(lm) is not None or windowed or slots > 1:
         trainer_cls = _sid_trainer_class()
         trainer_cls.dense_weight = float(dense_weight)
         trainer_cls.dense_negatives = int(dense_negatives)
 
     keep = ("input_ids", "labels", "window") if windowed else ("input_ids", "labels")
-    train = Dataset.from_dict({k: train_columns[k] for k in keep})
+    train = {k: train_columns[k] for k in keep}
+    if slots > 1:
+        train["slot_train"] = [True] * len(train["input_ids"])
+    train = Dataset.from_dict(train)
     evaluation = (
         Dataset.from_dict({k: eval_columns[k] for k in ("input_ids", "labels")})
         if eval_columns
@@ -523,7 +651,14 @@ def make_trainer(
         args=args,
         train_dataset=train,
         eval_dataset=evaluation,
-        data_collator=SIDCollator(pad_token_id, item_tokens),
+        data_collator=SIDCollator(
+            pad_token_id,
+            item_tokens,
+            slots=slots,
+            slot_ids=tuple(vocab.slot_ids) if slots > 1 else (),
+            slot_anchors=slot_anchors,
+            num_levels=vocab.num_levels if vocab is not None else 0,
+        ),
         compute_metrics=next_sid_accuracy if evaluation is not None else None,
         preprocess_logits_for_metrics=argmax_predictions,
     )

@@ -2,7 +2,9 @@
 
 Every (level, code) pair of a semantic ID becomes one token: level ``l`` uses the letter
 ``chr(ord("a") + l)``, so ``(12, 7, 201)`` is written ``<a_12><b_7><c_201>``. Every outcome
-label (``like``, ``watch`` …) becomes a token ``<like>``. The tokens are added as special
+label (``like``, ``watch`` …) becomes a token ``<like>``. A model with ``slots`` k > 1 also has
+slot tokens ``<next_2>`` … ``<next_k>``: fed after the outcome token, ``<next_j>`` asks for the
+item j - 1 places further into the future (slot 1, the next item, needs no token). The tokens are added as special
 tokens, so the text tokenizer never splits them, and each level's ids form one contiguous
 range: token id of (level ``l``, code ``c``) is ``level_start[l] + c``. Decoding can then
 compute the logits of one level as a slice of the output matrix instead of the whole vocab.
@@ -27,13 +29,16 @@ class SIDVocab:
     Args:
         codebook_sizes: ``K_l`` for every level ``l`` (``L = len(codebook_sizes)``).
         outcomes: outcome labels, e.g. ``["like", "watch"]``; outcome index = position.
+        slots: query slots per decoding step (1: the next item only; k adds ``<next_2>`` …
+            ``<next_k>``).
 
     After :meth:`add_to_tokenizer` (or :meth:`from_dict` of a bound vocab):
         level_start: ``level_start[l]`` is the token id of code 0 at level ``l``.
         outcome_ids: label → token id.
+        slot_ids: token ids of ``<next_2>`` … ``<next_k>`` (empty with one slot).
     """
 
-    def __init__(self, codebook_sizes: list[int], outcomes: list[str]):
+    def __init__(self, codebook_sizes: list[int], outcomes: list[str], slots: int = 1):
         sizes = [int(k) for k in codebook_sizes]
         if not sizes or any(k <= 0 for k in sizes):
             raise ValueError(
@@ -50,11 +55,18 @@ class SIDVocab:
                     f"outcome label {o!r} cannot be a token: use a non-empty label without "
                     "spaces or angle brackets"
                 )
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"slots must be an int >= 1 (1: the next item only), got {slots!r}")
+        clash = [o for o in outcomes if o.startswith("next_") and o[5:].isdigit()]
+        if clash and slots > 1:
+            raise ValueError(f"outcome labels {clash} clash with the slot tokens <next_j>")
         self.codebook_sizes: list[int] = sizes
         self.num_levels: int = len(sizes)
         self.outcomes: list[str] = outcomes
         self.level_start: list[int] | None = None
         self.outcome_ids: dict[str, int] | None = None
+        self.slots: int = slots
+        self.slot_ids: list[int] = []
         # ids added to a tokenizer in this session that still need an embedding initialised
         self._new_token_ids: set[int] = set()
 
@@ -82,7 +94,11 @@ class SIDVocab:
             for level, k in enumerate(self.codebook_sizes)
             for code in range(k)
         ]
-        return sid + [f"<{o}>" for o in self.outcomes]
+        return sid + [f"<{o}>" for o in self.outcomes] + self.slot_tokens()
+
+    def slot_tokens(self) -> list[str]:
+        """``["<next_2>", …, "<next_k>"]`` (empty with one slot)."""
+        return [f"<next_{j}>" for j in range(2, self.slots + 1)]
 
     # ---------------------------------------------------------------- binding
     @property
@@ -121,21 +137,23 @@ class SIDVocab:
             level_start.append(start)
             pos += k
         outcome_ids = {}
-        for label, tid in zip(self.outcomes, ids[pos:], strict=True):
+        n_o = len(self.outcomes)
+        for label, tid in zip(self.outcomes, ids[pos : pos + n_o], strict=True):
             outcome_ids[label] = int(tid)
         if unk is not None and unk in ids:
             raise ValueError(f"tokenizer mapped an SID/outcome token to its unknown token id {unk}")
         self.level_start = level_start
         self.outcome_ids = outcome_ids
+        self.slot_ids = [int(t) for t in ids[pos + n_o :]]
         self._new_token_ids = {int(i) for i in ids} - before
 
     @property
     def token_id_range(self) -> tuple[int, int]:
         """``(start, end)``: ids of all SID levels and outcomes lie in ``[start, end)``."""
         self._require_bound()
-        all_ids = list(self.level_start) + list(self.outcome_ids.values())
+        others = list(self.outcome_ids.values()) + list(self.slot_ids)
         ends = [s + k for s, k in zip(self.level_start, self.codebook_sizes, strict=True)]
-        return min(all_ids), max(ends + [i + 1 for i in self.outcome_ids.values()])
+        return min(list(self.level_start) + others), max(ends + [i + 1 for i in others])
 
     def all_token_ids(self) -> LongTensor:
         """LongTensor[n]: the ids of every SID and outcome token."""
@@ -145,7 +163,17 @@ class SIDVocab:
             for s, k in zip(self.level_start, self.codebook_sizes, strict=True)
         ]
         parts.append(torch.tensor(list(self.outcome_ids.values()), dtype=torch.long))
+        parts.append(torch.tensor(self.slot_ids, dtype=torch.long))
         return torch.cat(parts)
+
+    def slot_id(self, slot: int) -> int:
+        """Token id of ``<next_{slot}>`` for slot 2 … k (slot 1 has no token)."""
+        self._require_bound()
+        if not 2 <= slot <= self.slots:
+            raise ValueError(
+                f"slot {slot} has no token: this vocab's slot tokens are 2..{self.slots}"
+            )
+        return self.slot_ids[slot - 2]
 
     # ---------------------------------------------------------------- conversions
     def sid_token_ids(self, codes: LongTensor) -> LongTensor:
@@ -247,6 +275,7 @@ class SIDVocab:
             "outcomes": list(self.outcomes),
             "level_start": None if self.level_start is None else list(self.level_start),
             "outcome_ids": None if self.outcome_ids is None else dict(self.outcome_ids),
+            **({"slots": self.slots, "slot_ids": list(self.slot_ids)} if self.slots > 1 else {}),
         }
 
     @classmethod
@@ -255,7 +284,7 @@ class SIDVocab:
         missing = [k for k in ("codebook_sizes", "outcomes") if k not in d]
         if missing:
             raise ValueError(f"SIDVocab dict lacks keys {missing}; got keys {sorted(d)}")
-        vocab = cls(d["codebook_sizes"], d["outcomes"])
+        vocab = cls(d["codebook_sizes"], d["outcomes"], int(d.get("slots", 1)))
         if d.get("level_start") is not None:
             if len(d["level_start"]) != vocab.num_levels:
                 raise ValueError(
@@ -268,11 +297,19 @@ class SIDVocab:
                     f"outcome_ids keys {sorted(d['outcome_ids'])} differ from outcomes {vocab.outcomes}"
                 )
             vocab.outcome_ids = {k: int(v) for k, v in d["outcome_ids"].items()}
+        if vocab.slots > 1 and vocab.outcome_ids is not None:
+            slot_ids = d.get("slot_ids") or []
+            if len(slot_ids) != vocab.slots - 1:
+                raise ValueError(
+                    f"slot_ids has {len(slot_ids)} entries for {vocab.slots} slots (want {vocab.slots - 1})"
+                )
+            vocab.slot_ids = [int(t) for t in slot_ids]
         return vocab
 
     def __repr__(self) -> str:
         return (
             f"SIDVocab(codebook_sizes={self.codebook_sizes}, outcomes={self.outcomes}, "
+            f"slots={self.slots}, "
             f"level_start={self.level_start})"
         )
 

@@ -31,6 +31,7 @@ from sid.training import (
     make_trainer,
     resolve_aliases,
 )
+from sid.vocab import SIDVocab
 
 
 def library_default(owner, name: str):
@@ -251,6 +252,22 @@ class ModelArguments:
             "item count (None: no time limit)."
         },
     )
+    slots: int = field(
+        default=library_default(SIDVocab, "slots"),
+        metadata={
+            "help": "Query slots per decoding step (PinRec's multi-token generation): k > 1 adds "
+            "<next_2> … <next_k>; slot j is trained on the item j - 1 places after the next "
+            "one, and eval/serving decodes every slot from one history encoding and merges "
+            "their lists. 1: the next item only."
+        },
+    )
+    slot_anchors: int = field(
+        default=library_default(make_trainer, "slot_anchors"),
+        metadata={
+            "help": "With --slots: items per training example and slot that get a slot "
+            "segment, drawn afresh every batch."
+        },
+    )
 
 
 @dataclass
@@ -319,6 +336,13 @@ class EvalArguments:
     window: int | None = field(
         default=library_default(evaluate_run, "window"),
         metadata={"help": "--protocol window: score the first N held-out items (None: all W)."},
+    )
+    slots: int | None = field(
+        default=library_default(evaluate_run, "slots"),
+        metadata={
+            "help": "Query slots to decode for a run trained with --slots k (None: all k; 1: "
+            "the next-item slot alone)."
+        },
     )
     keep_history: bool = field(
         default=not library_default(evaluate_run, "exclude_history"),
@@ -526,6 +550,8 @@ def validate_arguments(
         "dense_weight": (margs.dense_weight, 0),
         "dense_negatives": (margs.dense_negatives, 0),
         "target_window": (margs.target_window, 1),
+        "slots": (margs.slots, 1),
+        "slot_anchors": (margs.slot_anchors, 1),
         "holdout": (dargs.holdout, 1),
         "min_length": (
             2 * dargs.holdout + 1 if dargs.min_length is None else dargs.min_length,

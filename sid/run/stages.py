@@ -288,6 +288,7 @@ def model_stage(
             if margs.target_window > 1 and margs.target_window_seconds is not None
             else ()
         ),
+        *((("slots", margs.slots, margs.slot_anchors),) if margs.slots > 1 else ()),
     )
     check_compatible_run(run, sids, rargs.overwrite)
     if run.fresh("model", key, "model/sid_vocab.json"):
@@ -318,7 +319,11 @@ def model_stage(
     if checkpoints.exists() and not rargs.resume and not same_options:
         shutil.rmtree(checkpoints)  # checkpoints of another configuration
     rec = SIDRecModel.build(
-        margs.model, sids, split.data.outcome_labels, trust_remote_code=margs.trust_remote_code
+        margs.model,
+        sids,
+        split.data.outcome_labels,
+        slots=margs.slots,
+        trust_remote_code=margs.trust_remote_code,
     )
     if prefixmem is not None:
         prefixmem.attach(rec.lm, rec.vocab)
@@ -357,6 +362,8 @@ def model_stage(
         dense_weight=margs.dense_weight,
         dense_negatives=margs.dense_negatives,
         item_tokens=rec.vocab.sid_token_ids(sids.codes) if margs.target_window > 1 else None,
+        vocab=rec.vocab,
+        slot_anchors=margs.slot_anchors,
     )
     run.mark_now("model_started", key)
     resume = rargs.resume and bool(found)

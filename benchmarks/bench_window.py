@@ -182,7 +182,7 @@ def main() -> None:
     p.add_argument("--num_beams", type=int, default=20)
     p.add_argument("--top_k", type=int, default=20)
     p.add_argument("--max_users", type=int, default=None)
-    p.add_argument("--only", nargs="*", help="evaluate only these names")
+    p.add_argument("--only", nargs="*", help="evaluate only these names, in this order")
     p.add_argument("--redo", action="store_true")
     p.add_argument("--table", action="store_true", help="print the Markdown tables and stop")
     args = p.parse_args()
@@ -193,9 +193,12 @@ def main() -> None:
     from sid.evaluation import evaluate_run
 
     done = json.loads(args.json.read_text()) if args.json.is_file() else {}
-    for name, (label, options) in evaluations().items():
-        if args.only and name not in args.only:
-            continue
+    every = evaluations()
+    unknown = [n for n in args.only or () if n not in every]
+    if unknown:
+        p.error(f"unknown evaluation(s) {unknown}; known: {list(every)}")
+    for name in args.only or every:  # --only: in the order given
+        label, options = every[name]
         run = ROOT / RUNS[label]
         if not (run / "model").is_dir():
             print(f"{name}: {run} is not trained yet; skipped", flush=True)

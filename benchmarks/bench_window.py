@@ -7,6 +7,8 @@ and a leave-one-out pair:
     python train.py --preset ml1m --holdout 10 --run_dir runs/ml1m-h10                      # next item
     python train.py --preset ml1m --holdout 10 --target_window 10 --run_dir runs/ml1m-h10-w10
     python train.py --preset ml1m --holdout 10 --target_window 10 --slots 4 --run_dir runs/ml1m-h10-w10-s4
+    python train.py --preset ml1m --holdout 10 --target_window 10 --outcome_conditioning False \
+        --run_dir runs/ml1m-h10-w10-any                                                     # no outcome token
     python train.py --preset ml1m --run_dir runs/ml1m-next
     python train.py --preset ml1m --target_window 10 --slots 4 --run_dir runs/ml1m-w10-s4
 
@@ -21,7 +23,9 @@ This script evaluates every trained one, all users, full ranking, history exclud
   the same weights;
 - outcome conditioning: lists generated under `<like>` and under `<watch>`, each scored
   against the items the user went on to like and against those the user only watched
-  (ratings >= 4 are `like`), and a budget {"like": 15, "watch": 5} with the mix it delivered.
+  (ratings >= 4 are `like`), and a budget {"like": 15, "watch": 5} with the mix it delivered;
+  the unconditioned run (`--outcome_conditioning False`: every outcome is the one token
+  `<any>`) is the "no outcome token" row, scored on the same real outcomes.
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_window.py --json runs/window/bench_window.json
     python benchmarks/bench_window.py --table          # the Markdown tables of BENCHMARKS.md
@@ -44,10 +48,12 @@ RUNS = {
     "next-item": "runs/ml1m-h10",
     "window-10": "runs/ml1m-h10-w10",
     "window-10+4 slots": "runs/ml1m-h10-w10-s4",
+    "window-10, no outcome token": "runs/ml1m-h10-w10-any",
     "loo/next-item": "runs/ml1m-next",
     "loo/window-10+4 slots": "runs/ml1m-w10-s4",
 }
 SLOT_RUNS = ("window-10+4 slots", "loo/window-10+4 slots")
+UNCONDITIONED_RUNS = ("window-10, no outcome token",)  # the same lists under any outcome
 KINDS = ("retrieval", "dense", "dense+beam", "popularity")
 KEEP = (
     "protocol",
@@ -79,6 +85,9 @@ def evaluations() -> dict[str, dict]:
         out[f"{label}/window"] = (label, dict(protocol="window"))
         if label in SLOT_RUNS:
             out[f"{label}/window/1 slot"] = (label, dict(protocol="window", slots=1))
+        if label in UNCONDITIONED_RUNS:
+            out[f"{label}/next"] = (label, dict(protocol="next"))
+            continue
         out[f"{label}/window/watch"] = (label, dict(protocol="window", outcome="watch"))
         out[f"{label}/window/budget"] = (
             label,
@@ -157,10 +166,13 @@ def tables(done: dict) -> str:
             for o in ("like", "watch")
         ]
         label = name.rsplit("/", 1)[0] if name.endswith("/watch") else name
+        under = (
+            "no outcome token"
+            if label.split("/")[0] in UNCONDITIONED_RUNS
+            else f"`<{res['outcome']}>`"
+        )
         rows.append(
-            f"| {label} | {res['protocol']} | `<{res['outcome']}>` | {key} | "
-            + " | ".join(cells)
-            + " |"
+            f"| {label} | {res['protocol']} | {under} | {key} | " + " | ".join(cells) + " |"
         )
     if rows:
         out += [
@@ -187,6 +199,8 @@ def main() -> None:
     p.add_argument("--table", action="store_true", help="print the Markdown tables and stop")
     args = p.parse_args()
     if args.table:
+        if not args.json.is_file():
+            p.error(f"{args.json}: no evaluations stored yet; run without --table first")
         print(tables(json.loads(args.json.read_text())))
         return
 

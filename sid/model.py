@@ -273,11 +273,21 @@ class SIDRecModel:
 
     @classmethod
     def build(
-        cls, base_model: str, sids: SemanticIDs, outcomes: list[str], *, slots: int = 1, **kwargs
+        cls,
+        base_model: str,
+        sids: SemanticIDs,
+        outcomes: list[str],
+        *,
+        slots: int = 1,
+        conditioned: bool = True,
+        **kwargs,
     ):
-        """Load `base_model`, add SID + outcome (+ slot) tokens and resize its embeddings."""
+        """Load `base_model`, add SID + outcome (+ slot) tokens and resize its embeddings.
+
+        `conditioned=False`: every outcome is written as the one token `<any>` (`SIDVocab`).
+        """
         lm, tokenizer = load_base_model(base_model, **kwargs)
-        vocab = SIDVocab(list(sids.codebook_sizes), list(outcomes), slots)
+        vocab = SIDVocab(list(sids.codebook_sizes), list(outcomes), slots, conditioned)
         vocab.add_to_tokenizer(tokenizer)
         vocab.resize_model(lm)
         return cls(lm, tokenizer, vocab, sids)

@@ -43,7 +43,11 @@ def _check_outcomes(split: LeaveOneOutSplit, vocab: SIDVocab) -> None:
 
 
 def future_windows(
-    split: LeaveOneOutSplit, target_window: int, seconds: float | None = None
+    split: LeaveOneOutSplit,
+    target_window: int,
+    seconds: float | None = None,
+    *,
+    same_outcome: bool = True,
 ) -> np.ndarray:
     """The targets of every train position under a future window of `target_window` items:
     int64 [N', W], row i = train item i, then the next W - 1 train items of the same user that
@@ -53,7 +57,8 @@ def future_windows(
     Column 0 is the item itself, so W = 1 is the next-item target. The window never reaches
     past the train sequence: validation and test items are no one's target. Only items of the
     same outcome count, because the model reads the outcome token before it writes the SID:
-    under `<like>` the targets are the items the user goes on to like.
+    under `<like>` the targets are the items the user goes on to like. `same_outcome=False`
+    (an unconditioned model, which reads no outcome) takes the next items whatever their outcome.
     """
     if target_window < 1:
         raise ValueError(f"--target_window must be >= 1 (1 = next item), got {target_window}")
@@ -69,7 +74,11 @@ def future_windows(
         at = here + k
         inside = at < ends
         at = np.where(inside, at, 0)
-        same = inside & (split.train_outcomes[at] == split.train_outcomes)
+        same = (
+            (inside & (split.train_outcomes[at] == split.train_outcomes))
+            if same_outcome
+            else inside
+        )
         if seconds is not None:
             same &= split.train_timestamps[at] - split.train_timestamps <= seconds
         out[:, k] = np.where(same, split.train_items[at], -1)
@@ -109,7 +118,9 @@ def build_train_windows(
         labels[:, 0] = IGNORE
     columns: dict[str, list] = {"input_ids": [], "labels": [], "user": []}
     window = (
-        future_windows(split, target_window, target_window_seconds) if target_window > 1 else None
+        future_windows(split, target_window, target_window_seconds, same_outcome=vocab.conditioned)
+        if target_window > 1
+        else None
     )
     if window is not None:
         columns["window"] = []

@@ -4,8 +4,10 @@ Every (level, code) pair of a semantic ID becomes one token: level ``l`` uses th
 ``chr(ord("a") + l)``, so ``(12, 7, 201)`` is written ``<a_12><b_7><c_201>``. Every outcome
 label (``like``, ``watch`` …) becomes a token ``<like>``. A model with ``slots`` k > 1 also has
 slot tokens ``<next_2>`` … ``<next_k>``: fed after the outcome token, ``<next_j>`` asks for the
-item j - 1 places further into the future (slot 1, the next item, needs no token). The tokens are added as special
-tokens, so the text tokenizer never splits them, and each level's ids form one contiguous
+item j - 1 places further into the future (slot 1, the next item, needs no token). An
+unconditioned vocab (``conditioned=False``) writes every outcome as the one token ``<any>``: the
+model then never learns what an outcome means, the baseline that outcome conditioning is
+measured against. The tokens are added as special tokens, so the text tokenizer never splits them, and each level's ids form one contiguous
 range: token id of (level ``l``, code ``c``) is ``level_start[l] + c``. Decoding can then
 compute the logits of one level as a slice of the output matrix instead of the whole vocab.
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import torch
 from torch import LongTensor, nn
+
+UNCONDITIONED_TOKEN = "<any>"  # the one outcome token of an unconditioned vocab
 
 
 def level_letter(level: int) -> str:
@@ -31,14 +35,22 @@ class SIDVocab:
         outcomes: outcome labels, e.g. ``["like", "watch"]``; outcome index = position.
         slots: query slots per decoding step (1: the next item only; k adds ``<next_2>`` …
             ``<next_k>``).
+        conditioned: False writes every outcome label as the one token ``<any>`` (an
+            unconditioned model: the labels stay known, so data and budgets still parse).
 
     After :meth:`add_to_tokenizer` (or :meth:`from_dict` of a bound vocab):
         level_start: ``level_start[l]`` is the token id of code 0 at level ``l``.
-        outcome_ids: label → token id.
+        outcome_ids: label → token id (the same id for every label when unconditioned).
         slot_ids: token ids of ``<next_2>`` … ``<next_k>`` (empty with one slot).
     """
 
-    def __init__(self, codebook_sizes: list[int], outcomes: list[str], slots: int = 1):
+    def __init__(
+        self,
+        codebook_sizes: list[int],
+        outcomes: list[str],
+        slots: int = 1,
+        conditioned: bool = True,
+    ):
         sizes = [int(k) for k in codebook_sizes]
         if not sizes or any(k <= 0 for k in sizes):
             raise ValueError(
@@ -60,12 +72,15 @@ class SIDVocab:
         clash = [o for o in outcomes if o.startswith("next_") and o[5:].isdigit()]
         if clash and slots > 1:
             raise ValueError(f"outcome labels {clash} clash with the slot tokens <next_j>")
+        if not isinstance(conditioned, bool):
+            raise ValueError(f"conditioned must be True or False, got {conditioned!r}")
         self.codebook_sizes: list[int] = sizes
         self.num_levels: int = len(sizes)
         self.outcomes: list[str] = outcomes
         self.level_start: list[int] | None = None
         self.outcome_ids: dict[str, int] | None = None
         self.slots: int = slots
+        self.conditioned: bool = conditioned
         self.slot_ids: list[int] = []
         # ids added to a tokenizer in this session that still need an embedding initialised
         self._new_token_ids: set[int] = set()
@@ -83,9 +98,9 @@ class SIDVocab:
         return f"<{level_letter(level)}_{code}>"
 
     def outcome_token(self, label: str) -> str:
-        """Token string of an outcome label, e.g. ``"<like>"``."""
+        """Token string of an outcome label, e.g. ``"<like>"`` (``"<any>"`` when unconditioned)."""
         self._check_outcome(label)
-        return f"<{label}>"
+        return f"<{label}>" if self.conditioned else UNCONDITIONED_TOKEN
 
     def tokens(self) -> list[str]:
         """All token strings: level 0 codes, level 1 codes, …, then the outcome tokens."""
@@ -94,7 +109,11 @@ class SIDVocab:
             for level, k in enumerate(self.codebook_sizes)
             for code in range(k)
         ]
-        return sid + [f"<{o}>" for o in self.outcomes] + self.slot_tokens()
+        return sid + self.outcome_tokens() + self.slot_tokens()
+
+    def outcome_tokens(self) -> list[str]:
+        """``["<like>", "<watch>", …]``, or ``["<any>"]`` when unconditioned."""
+        return [f"<{o}>" for o in self.outcomes] if self.conditioned else [UNCONDITIONED_TOKEN]
 
     def slot_tokens(self) -> list[str]:
         """``["<next_2>", …, "<next_k>"]`` (empty with one slot)."""
@@ -136,10 +155,15 @@ class SIDVocab:
                 )
             level_start.append(start)
             pos += k
-        outcome_ids = {}
-        n_o = len(self.outcomes)
-        for label, tid in zip(self.outcomes, ids[pos : pos + n_o], strict=True):
-            outcome_ids[label] = int(tid)
+        n_o = len(self.outcome_tokens())
+        outcome_ids = (
+            {
+                label: int(tid)
+                for label, tid in zip(self.outcomes, ids[pos : pos + n_o], strict=True)
+            }
+            if self.conditioned
+            else dict.fromkeys(self.outcomes, int(ids[pos]))
+        )
         if unk is not None and unk in ids:
             raise ValueError(f"tokenizer mapped an SID/outcome token to its unknown token id {unk}")
         self.level_start = level_start
@@ -162,7 +186,7 @@ class SIDVocab:
             torch.arange(s, s + k)
             for s, k in zip(self.level_start, self.codebook_sizes, strict=True)
         ]
-        parts.append(torch.tensor(list(self.outcome_ids.values()), dtype=torch.long))
+        parts.append(torch.tensor(sorted(set(self.outcome_ids.values())), dtype=torch.long))
         parts.append(torch.tensor(self.slot_ids, dtype=torch.long))
         return torch.cat(parts)
 
@@ -276,6 +300,7 @@ class SIDVocab:
             "level_start": None if self.level_start is None else list(self.level_start),
             "outcome_ids": None if self.outcome_ids is None else dict(self.outcome_ids),
             **({"slots": self.slots, "slot_ids": list(self.slot_ids)} if self.slots > 1 else {}),
+            **({} if self.conditioned else {"conditioned": False}),
         }
 
     @classmethod
@@ -284,7 +309,12 @@ class SIDVocab:
         missing = [k for k in ("codebook_sizes", "outcomes") if k not in d]
         if missing:
             raise ValueError(f"SIDVocab dict lacks keys {missing}; got keys {sorted(d)}")
-        vocab = cls(d["codebook_sizes"], d["outcomes"], int(d.get("slots", 1)))
+        vocab = cls(
+            d["codebook_sizes"],
+            d["outcomes"],
+            int(d.get("slots", 1)),
+            conditioned=d.get("conditioned", True),
+        )
         if d.get("level_start") is not None:
             if len(d["level_start"]) != vocab.num_levels:
                 raise ValueError(
@@ -297,6 +327,10 @@ class SIDVocab:
                     f"outcome_ids keys {sorted(d['outcome_ids'])} differ from outcomes {vocab.outcomes}"
                 )
             vocab.outcome_ids = {k: int(v) for k, v in d["outcome_ids"].items()}
+            if not vocab.conditioned and len(set(vocab.outcome_ids.values())) != 1:
+                raise ValueError(
+                    f"an unconditioned vocab writes every outcome as one token, got {vocab.outcome_ids}"
+                )
         if vocab.slots > 1 and vocab.outcome_ids is not None:
             slot_ids = d.get("slot_ids") or []
             if len(slot_ids) != vocab.slots - 1:
@@ -310,6 +344,7 @@ class SIDVocab:
         return (
             f"SIDVocab(codebook_sizes={self.codebook_sizes}, outcomes={self.outcomes}, "
             f"slots={self.slots}, "
+            f"{'' if self.conditioned else 'conditioned=False, '}"
             f"level_start={self.level_start})"
         )
 

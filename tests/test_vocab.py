@@ -122,3 +122,26 @@ def test_resize_model_new_rows_have_old_rows_norm(tie):
     out = model(input_ids=torch.tensor([[1, vocab.level_start[2] + 7, vocab.outcome_id("like")]]))
     assert out.logits.shape == (1, 3, len(tok))
     assert torch.isfinite(out.logits).all()
+
+
+def test_an_unconditioned_vocab_writes_every_outcome_as_one_token():
+    tok = word_tokenizer(WORDS)
+    vocab = SIDVocab([4, 3, 5], ["like", "watch"], slots=2, conditioned=False)
+    assert vocab.tokens()[-2:] == ["<any>", "<next_2>"]
+    assert vocab.outcome_token("watch") == "<any>"
+    vocab.add_to_tokenizer(tok)
+    any_id = tok.convert_tokens_to_ids("<any>")
+    assert vocab.outcome_ids == {"like": any_id, "watch": any_id}
+    assert "<like>" not in tok.get_vocab()
+    assert vocab.all_token_ids().tolist().count(any_id) == 1
+    rows = vocab.item_token_ids(torch.tensor([[1, 2, 3], [0, 0, 0]]), torch.tensor([0, 1]))
+    assert rows[:, 0].tolist() == [any_id, any_id]
+    with pytest.raises(ValueError, match="unknown outcome"):
+        vocab.outcome_id("save")
+    back = SIDVocab.from_dict(json.loads(json.dumps(vocab.to_dict())))
+    assert not back.conditioned and back.outcome_ids == vocab.outcome_ids
+    assert back.slot_ids == vocab.slot_ids
+    assert SIDVocab.from_dict(bound_vocab()[0].to_dict()).conditioned
+    broken = {**vocab.to_dict(), "outcome_ids": {"like": any_id, "watch": any_id + 1}}
+    with pytest.raises(ValueError, match="one token"):
+        SIDVocab.from_dict(broken)

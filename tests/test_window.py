@@ -45,6 +45,19 @@ def test_future_windows_are_the_next_items_of_the_same_outcome_inside_train(setu
         future_windows(split, 0)
 
 
+def test_an_unconditioned_window_takes_the_next_items_whatever_their_outcome(setup):
+    _, split = setup  # even items are "like", odd ones "watch"
+    window = future_windows(split, 4, same_outcome=False)
+    for user in range(split.num_users):
+        lo, hi = split.train_offsets[user], split.train_offsets[user + 1]
+        for i in range(lo, hi):
+            expect = [split.train_items[i + k] if i + k < hi else -1 for k in range(4)]
+            assert window[i].tolist() == expect
+    np.testing.assert_array_equal(
+        future_windows(split, 4, seconds=1, same_outcome=False)[:, 2:], -1
+    )
+
+
 def test_a_time_span_cuts_the_window(setup):
     _, split = setup  # one interaction per second
     full = future_windows(split, 4)
@@ -215,3 +228,28 @@ def test_train_py_trains_with_a_target_window(tmp_path, dense):
         *pipeline_options(data, tmp_path / "run", target_window=2, dense=dense, ranker=False)
     )
     assert again == run and (run / "stages.json").read_text() != stages
+
+
+def test_an_unconditioned_run_reads_no_outcome_and_is_scored_on_the_real_ones(tmp_path):
+    from sid.evaluation import evaluate_run
+    from sid.run import run_training
+
+    data = write_cycle_dataset(tmp_path)
+    options = dict(target_window=2, ranker=False, holdout=2, prefixmem=False)
+    run = run_training(
+        *pipeline_options(data, tmp_path / "run", outcome_conditioning=False, **options)
+    )
+    rec = SIDRecModel.from_pretrained(run)
+    assert not rec.vocab.conditioned and len(set(rec.vocab.outcome_ids.values())) == 1
+    tokens = rec.history_tokens(np.array([0, 3]), np.array([0, 1]))
+    assert tokens[0] == tokens[1 + rec.sids.num_levels] == rec.vocab.outcome_id("save")
+    kw = dict(protocol="window", top_k=5, num_beams=5, write_report=False)
+    under = {o: evaluate_run(run, outcome=o, **kw) for o in ("save", "click")}
+    assert under["save"]["retrieval"] == under["click"]["retrieval"]  # the outcome is not read
+    assert set(under["save"]["by_target_outcome"]["retrieval"]) == {"save", "click"}
+    budget = evaluate_run(run, outcome={"save": 3, "click": 2}, **kw)
+    assert budget["validity"]["duplicate_rate"] == 0.0
+    stages = (run / "stages.json").read_text()
+    run_training(*pipeline_options(data, tmp_path / "run", **options))  # conditioned: retrains
+    assert (run / "stages.json").read_text() != stages
+    assert SIDRecModel.from_pretrained(run).vocab.conditioned

@@ -268,6 +268,14 @@ class ModelArguments:
             "segment, drawn afresh every batch."
         },
     )
+    outcome_conditioning: bool = field(
+        default=library_default(SIDVocab, "conditioned"),
+        metadata={
+            "help": "False: every outcome is written as the one token <any>, so the model "
+            "never reads what the user did with an item (and a future window takes the next "
+            "items whatever their outcome): the unconditioned baseline."
+        },
+    )
 
 
 @dataclass

@@ -289,6 +289,7 @@ def model_stage(
             else ()
         ),
         *((("slots", margs.slots, margs.slot_anchors),) if margs.slots > 1 else ()),
+        *((("outcome_conditioning", False),) if not margs.outcome_conditioning else ()),
     )
     check_compatible_run(run, sids, rargs.overwrite)
     if run.fresh("model", key, "model/sid_vocab.json"):
@@ -323,6 +324,7 @@ def model_stage(
         sids,
         split.data.outcome_labels,
         slots=margs.slots,
+        conditioned=margs.outcome_conditioning,
         trust_remote_code=margs.trust_remote_code,
     )
     if prefixmem is not None:

@@ -120,7 +120,9 @@ def _evaluated(done: dict, protocol: str):
             res = done.get(name)
             shown = label if name.endswith(f"/{protocol}") else f"{label}, decoded with 1 slot"
             for kind in KINDS if res else ():
-                if kind in res:
+                # dense+beam at a beam weight of 0 (the default) is the dense list again
+                same = kind == "dense+beam" and res.get(kind) == res.get("dense")
+                if kind in res and not same:
                     yield shown, kind, res
 
 

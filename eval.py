@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
             protocol=args.protocol,
             window=args.window,
             slots=args.slots,
+            prior_weight=args.prior_weight,
         )
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}" if main_process else f"error (process {process_rank()}): {err}")

@@ -57,7 +57,13 @@ def load_run_data(run_dir: Path) -> tuple[LeaveOneOutSplit, dict]:
 
 
 def check_eval_options(
-    *, num_beams: int, top_k: int, batch_size: int, beam_weight: float, max_users: int | None
+    *,
+    num_beams: int,
+    top_k: int,
+    batch_size: int,
+    beam_weight: float,
+    max_users: int | None,
+    prior_weight: float = BeamSearchConfig.prior_weight,
 ) -> BeamSearchConfig:
     """Refuse out-of-range evaluation options before any model is loaded → the beam search's
     options (the outcome is filled in once the run's labels are known)."""
@@ -65,7 +71,7 @@ def check_eval_options(
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if num_beams >= 1 and top_k > num_beams:
         raise ValueError(f"top_k={top_k} needs num_beams >= top_k, got num_beams={num_beams}")
-    beam = BeamSearchConfig(num_beams=num_beams, top_k=top_k)
+    beam = BeamSearchConfig(num_beams=num_beams, top_k=top_k, prior_weight=prior_weight)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not 0.0 <= beam_weight <= 1.0:
@@ -235,6 +241,7 @@ def evaluate_run(
     protocol: str = "next",
     window: int | None = None,
     slots: int | None = None,
+    prior_weight: float = BeamSearchConfig.prior_weight,
 ) -> dict:
     """Full-ranking evaluation of a trained run on the `split_name` targets.
 
@@ -257,6 +264,10 @@ def evaluate_run(
     `slots`: query slots of a model trained with `--slots` k that the beam search decodes and
     the dense head scores with (None: all k; 1: the next-item slot alone).
 
+    `prior_weight` > 0 (runs with a dense head): the beam search ranks prefixes by their SID
+    log-prob plus this weight times the dense head's log-mass under them
+    (:class:`~sid.retrieval.BeamSearchConfig`); the `retrieval` rows are then that search's.
+
     Launched over several processes (`accelerate launch --num_processes N`), each process
     evaluates its block of user batches (`shard_batches`) on its own device (`device=None`:
     the process's accelerator, see `_process_device`), the per-user results are gathered in
@@ -275,6 +286,7 @@ def evaluate_run(
         batch_size=batch_size,
         beam_weight=beam_weight,
         max_users=max_users,
+        prior_weight=prior_weight,
     )
     state = distributed_state(device)
     num_processes = 1 if state is None else state.num_processes
@@ -424,6 +436,7 @@ def evaluate_run(
         "catalogue": int(split.data.num_items),
         "num_beams": num_beams,
         "top_k": top_k,
+        "prior_weight": prior_weight,
         "outcome": budget or outcome,
         "exclude_history": exclude_history,
         "beam_weight": beam_weight if ranker is not None else None,

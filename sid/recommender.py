@@ -442,6 +442,11 @@ class Recommender:
         self._check_outcome(beam.outcome)
         rank = rerank and beam_search and self.ranker is not None
         beam = replace(beam, return_states=rank)
+        if beam.prior_weight > 0 and self.rec.dense is None:
+            raise ValueError(
+                f"prior_weight={beam.prior_weight} weighs the dense head's scores inside the "
+                "beam search, but this run has no dense head (train.py --dense)"
+            )
         device = self.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         exclude = None if exclude is None else exclude.to(device)
@@ -450,7 +455,13 @@ class Recommender:
         if beam_search:
             t0 = time.perf_counter()
             beams = beam.search(
-                self.rec.lm, self.rec.vocab, self.trie, input_ids, attention_mask, exclude
+                self.rec.lm,
+                self.rec.vocab,
+                self.trie,
+                input_ids,
+                attention_mask,
+                exclude,
+                prior=self.rec.dense if beam.prior_weight > 0 else None,
             )
             beam_seconds = time.perf_counter() - t0
         if dense and self.rec.dense is not None:
@@ -505,6 +516,7 @@ class Recommender:
         dense_beam_weight: float = DENSE_BEAM_WEIGHT,
         outcome_weights: dict[str, float] | None = None,
         unknown_items: str = "error",
+        prior_weight: float = BeamSearchConfig.prior_weight,
     ) -> Recommendations:
         """Top-k catalogue items for each history.
 
@@ -526,6 +538,8 @@ class Recommender:
             dense_beam_weight: share of the beam log-prob in dense+beam.
             unknown_items: "error" refuses an item id not in the catalogue, naming it and the
                 user; "skip" leaves such items out of the history.
+            prior_weight: the beam methods: weight of the dense head's item log-probs inside
+                the search (:class:`~sid.retrieval.BeamSearchConfig`; needs a dense head).
 
         Returns:
             :class:`Recommendations` (item ids, scores [B, k], indices [B, k]).
@@ -552,7 +566,9 @@ class Recommender:
             num_beams = max(k, BeamSearchConfig.num_beams)
         budget = isinstance(outcome, Mapping)
         top_k = k if method == "beam" and not budget else None
-        beam = BeamSearchConfig(num_beams=num_beams, top_k=top_k, outcome=outcome)
+        beam = BeamSearchConfig(
+            num_beams=num_beams, top_k=top_k, outcome=outcome, prior_weight=prior_weight
+        )
         if method in ("beam", "beam+ranking") and beam.num_candidates < k:
             raise ValueError(
                 f"k={k} needs at least k beam candidates, the search yields "

@@ -229,7 +229,13 @@ def protocol_text(results: dict) -> list[str]:
         f"- **Beam search**: {results['num_beams']} beams, top-{results['top_k']} items "
         f"returned, every item generated after the outcome token `<{results['outcome']}>` "
         "(eval.py conditions on the most frequent training outcome unless `--outcome` names "
-        "one).",
+        "one)."
+        + (
+            f" The dense head's item log-probabilities weigh in at every SID level (prior "
+            f"weight {results['prior_weight']:g})."
+            if results.get("prior_weight")
+            else ""
+        ),
         f"- **Popularity**: {popularity}",
         "- **SID levels**: " + levels_text(results),
     ]

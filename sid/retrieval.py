@@ -202,8 +202,15 @@ class BeamSearchConfig:
     return_states: also return the history's last hidden states (for the ranking head).
     slots: query slots decoded per (user, outcome) (None: all the model's ``vocab.slots``;
         1: the next item only).
+    prior_weight: weight of the dense head's item log-probabilities inside the search (0:
+        none). A prefix is then ranked at every level by its SID log-probability plus
+        ``prior_weight`` times the log of the dense probability mass of the (not excluded)
+        items under it, so the beam keeps prefixes where the dense head puts mass and drops
+        those whose items are all excluded; an item's final score is its SID log-probability
+        plus ``prior_weight`` times its dense log-probability.
 
-    The per-batch ``exclude_items`` tensor is data, not an option: :meth:`search` takes it.
+    The per-batch ``exclude_items`` tensor and the dense head are data, not options:
+    :meth:`search` takes them.
     """
 
     num_beams: int = 20
@@ -211,12 +218,14 @@ class BeamSearchConfig:
     outcome: str | dict[str, int] | None = None
     return_states: bool = True
     slots: int | None = None
+    prior_weight: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.outcome, dict):
             object.__setattr__(self, "outcome", dict(self.outcome))  # the caller's dict may change
         _outcome_plan(None, self.outcome, self.num_beams, self.top_k)
         resolve_slots(self.slots, None)
+        _check_prior_weight(self.prior_weight)
 
     @property
     def num_candidates(self) -> int:
@@ -231,8 +240,10 @@ class BeamSearchConfig:
         input_ids: LongTensor,
         attention_mask: LongTensor,
         exclude_items: LongTensor | None = None,
+        prior=None,
     ) -> BeamSearchOutput:
-        """:func:`constrained_beam_search` with these options."""
+        """:func:`constrained_beam_search` with these options (``prior``: the dense head
+        that ``prior_weight`` weighs)."""
         return constrained_beam_search(
             lm,
             vocab,
@@ -245,7 +256,35 @@ class BeamSearchConfig:
             exclude_items=exclude_items,
             return_states=self.return_states,
             slots=self.slots,
+            prior=prior,
+            prior_weight=self.prior_weight,
         )
+
+
+def _check_prior_weight(weight) -> None:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+        raise ValueError(f"prior_weight must be a number >= 0, got {weight!r}")
+    if weight == float("inf"):
+        raise ValueError("prior_weight must be finite (use the dense head alone instead)")
+
+
+def prefix_log_marginals(item_logp: FloatTensor, trie) -> list[FloatTensor]:
+    """Item log-probabilities [G, N] → per level l the log of the mass under each child
+    reached by choosing code l: [G, n_nodes_{l+1}] for l < L - 1, then [G, N] (the items
+    themselves). -inf where every item under a node is -inf (e.g. excluded)."""
+    G, N = item_logp.shape
+    out = []
+    for level in range(1, trie.num_levels):
+        idx = trie.item_nodes[:, level].to(item_logp.device).expand(G, N)
+        n = trie.num_nodes[level]
+        top = torch.full((G, n), float("-inf"), device=item_logp.device)
+        top = top.scatter_reduce(1, idx, item_logp, reduce="amax", include_self=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        mass = torch.zeros(G, n, device=item_logp.device)
+        mass = mass.scatter_add_(1, idx, (item_logp - top.gather(1, idx)).exp())
+        out.append(mass.log() + top)
+    out.append(item_logp)
+    return out
 
 
 def resolve_slots(slots, vocab) -> int:
@@ -421,6 +460,8 @@ def constrained_beam_search(
     exclude_items: LongTensor | None = None,
     return_states: bool = BeamSearchConfig.return_states,
     slots: int | None = BeamSearchConfig.slots,
+    prior=None,
+    prior_weight: float = BeamSearchConfig.prior_weight,
 ) -> BeamSearchOutput:
     """Decode the top SIDs of every user under the prefix trie.
 
@@ -455,6 +496,12 @@ def constrained_beam_search(
             tree-masked steps. The slots' lists are merged per (user, outcome), an item found
             by several slots once, scored by the slots' mixture ``log(mean_j p_j(item))``
             (a slot that did not return it counts 0), and the best ``num_beams`` kept.
+        prior: the dense head (:class:`~sid.dense.DenseRetrieval`, anything with
+            ``scores(h) -> [..., N]``) whose log-softmax over the catalogue, read from each
+            group's query state (where decoding starts: the outcome token, or a slot token),
+            is the prior that ``prior_weight`` weighs; needed when ``prior_weight > 0``.
+        prior_weight: see :class:`BeamSearchConfig`. With a prior, ``scores`` are
+            ``SID log-prob + prior_weight * dense log-prob`` of each item.
 
     Returns:
         :class:`BeamSearchOutput` with ``K = top_k`` (or the budget total) columns, sorted by
@@ -465,6 +512,12 @@ def constrained_beam_search(
     _check_inputs(vocab, trie, input_ids, attention_mask)
     labels, counts, nb, k_out = _outcome_plan(vocab, outcome, num_beams, top_k)
     n_slots = resolve_slots(slots, vocab)
+    _check_prior_weight(prior_weight)
+    if prior_weight > 0 and prior is None:
+        raise ValueError(
+            f"prior_weight={prior_weight} weighs the dense head's scores inside the search: "
+            "pass prior= the run's dense head (train.py --dense), or prior_weight=0"
+        )
     if n_slots > 1 and not _shared_history_ok(lm):
         from sid.training import check_slot_attention
 
@@ -534,8 +587,21 @@ def constrained_beam_search(
             last = torch.cat([last.view(B, n_out, 1, -1), h_slots], 2).reshape(-1, last.shape[-1])
             G = B * n_out * n_slots  # groups g = (b * n_out + o) * k + slot
 
+        marginals = None
+        if prior_weight > 0:
+            if last is None:
+                raise ValueError("a dense prior needs a history or an outcome token to follow")
+            item_logp = F.log_softmax(prior.scores(last).float(), dim=-1)  # [G, N]
+            if item_logp.shape[1] != n_items:
+                raise ValueError(
+                    f"the prior scores {item_logp.shape[1]} items, the trie holds {n_items}"
+                )
+            if excluded is not None:
+                user = torch.div(torch.arange(G, device=device), G // B, rounding_mode="floor")
+                item_logp = item_logp.masked_fill(excluded[user], float("-inf"))
+            marginals = [prior_weight * m for m in prefix_log_marginals(item_logp, trie)]
         nodes = torch.zeros(G, dtype=torch.long, device=device)  # [G * width]
-        scores = torch.zeros(G, 1, device=device)  # [G, width]
+        scores = torch.zeros(G, 1, device=device)  # [G, width] SID log-probs
         codes = torch.zeros(G, 1, 0, dtype=torch.long, device=device)  # [G, width, l]
         width = 1
         group_ar = torch.arange(G, device=device)
@@ -555,7 +621,14 @@ def constrained_beam_search(
                 logp = logp.masked_fill(hit, float("-inf"))
             cand = (scores[:, :, None] + logp.view(G, width, K)).view(G, width * K)
             n_keep = min(nb, width * K)
-            scores, flat = cand.topk(n_keep, dim=-1)  # sorted descending
+            if marginals is None:
+                scores, flat = cand.topk(n_keep, dim=-1)  # sorted descending
+            else:  # rank by SID log-prob + the weighted prior mass under each child
+                reached = trie.node_child[level][nodes].view(G, width * K)
+                mass = marginals[level].gather(1, reached.clamp_min(0))
+                key = cand + mass.masked_fill(reached < 0, float("-inf"))
+                key, flat = key.topk(n_keep, dim=-1)
+                scores = key if level == L - 1 else cand.gather(1, flat)
             parent = torch.div(flat, K, rounding_mode="floor")  # [G, n_keep]
             code = flat - parent * K
             rows = (group_ar[:, None] * width + parent).view(-1)  # previous flat row of each beam

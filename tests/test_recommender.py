@@ -198,3 +198,23 @@ def test_evaluate_run_reports_curves_codebook_usage_and_provenance(run, recommen
     assert res["hardware"]["device"] == "cpu"
     assert res["eval_seconds"] > 0
     assert res["model_fingerprint"] == recommender.model_fingerprint
+
+
+def test_dense_prior_in_the_beam_is_served_and_evaluated_alike(
+    run, recommender, split, monkeypatch
+):
+    results = evaluate_run(run, max_users=24, prior_weight=0.7, rerank=False, **EVAL)
+    assert results["prior_weight"] == 0.7
+    users = np.arange(24)
+    gold = split.targets("test")[0][users]
+    items, outcomes = split_histories(split, users)
+    top = recommender.recommend(
+        items, k=10, outcomes=outcomes, outcome=results["outcome"], method="beam",
+        num_beams=10, batch_size=16, prior_weight=0.7,
+    )  # fmt: skip
+    assert M.ranking_metrics(top.indices.numpy(), gold) == results["retrieval"]
+    plain = recommender.recommend(items, k=10, outcomes=outcomes, method="beam", num_beams=10)
+    assert not torch.equal(plain.scores, top.scores)  # the prior is in the scores
+    monkeypatch.setattr(recommender.rec, "dense", None)
+    with pytest.raises(ValueError, match="no dense head"):
+        recommender.recommend(items[:2], k=5, method="beam", prior_weight=0.5)

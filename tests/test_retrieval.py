@@ -439,3 +439,113 @@ def test_prefixmem_attached_wide_beam_equals_brute_force(strategy):
     assert not torch.allclose(out.scores, plain.scores, atol=1e-3)  # the memory changed scores
     assert torch.equal(out.items, idx)
     assert torch.allclose(out.scores, top, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- dense prior
+class _LinearPrior(torch.nn.Module):
+    """A stand-in dense head: item scores = h @ W.T."""
+
+    def __init__(self, n_items, hidden, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.weight = torch.nn.Parameter(torch.randn(n_items, hidden, generator=g))
+
+    def scores(self, h):
+        return h.float() @ self.weight.T
+
+
+def _query_states(lm, vocab, ids, mask, outcome):
+    """State at the appended outcome token of each user (run alone, no padding)."""
+    rows = []
+    for b in range(ids.shape[0]):
+        seq = torch.cat([ids[b][mask[b].bool()], torch.tensor([vocab.outcome_id(outcome)])])
+        with torch.no_grad():
+            rows.append(lm.base_model(input_ids=seq[None]).last_hidden_state[0, -1])
+    return torch.stack(rows)
+
+
+def test_prefix_log_marginals_are_the_log_mass_under_each_node():
+    from sid.retrieval import prefix_log_marginals
+
+    sizes = (4, 3, 5)
+    codes = random_codes(30, list(sizes), 3)
+    trie = PrefixTrie.build(codes, list(sizes))
+    logp = torch.log_softmax(torch.randn(2, 30), -1)
+    logp[1, :4] = float("-inf")  # excluded items carry no mass
+    marg = prefix_log_marginals(logp, trie)
+    assert [m.shape[1] for m in marg] == [*trie.num_nodes[1:], 30]
+    for level in range(1, 3):
+        for node in range(trie.num_nodes[level]):
+            under = trie.item_nodes[:, level] == node
+            assert torch.allclose(marg[level - 1][:, node], logp[:, under].logsumexp(-1))
+    assert torch.equal(marg[-1], logp)
+
+
+@pytest.mark.parametrize("weight", [0.5, 3.0])
+def test_dense_prior_wide_beam_equals_brute_force_product(weight, strategy):
+    """With beams enough to keep every prefix, the search returns the top items of
+    SID log-prob + weight * dense log-prob, excluded items left out."""
+    lm, vocab, trie, codes = make_setup((4, 3, 5), 30, seed=4)
+    apply_strategy(lm, strategy)
+    ids, mask, _ = make_histories(vocab, codes, [3, 1, 2], seed=4)
+    prior = _LinearPrior(30, lm.config.hidden_size, seed=4)
+    exclude = torch.tensor([[0, 5, -1], [7, -1, -1], [-1, -1, -1]])
+    out = constrained_beam_search(
+        lm, vocab, trie, ids, mask, num_beams=30, top_k=10, outcome="like",
+        exclude_items=exclude, prior=prior, prior_weight=weight,
+    )  # fmt: skip
+    dense = torch.log_softmax(prior.scores(_query_states(lm, vocab, ids, mask, "like")), -1)
+    expected = brute_force_scores(lm, vocab, trie, codes, ids, mask, "like") + weight * dense
+    for b, row in enumerate(exclude.tolist()):
+        expected[b, [i for i in row if i >= 0]] = float("-inf")
+    top, idx = expected.topk(10, dim=1)
+    assert torch.equal(out.items, idx)
+    assert torch.allclose(out.scores, top, atol=1e-4)
+
+
+def test_dense_prior_steers_a_narrow_beam_and_weight_zero_changes_nothing():
+    lm, vocab, trie, codes = make_setup((4, 3, 5), 30, seed=5)
+    ids, mask, _ = make_histories(vocab, codes, [2, 3], seed=5)
+    prior = _LinearPrior(30, lm.config.hidden_size, seed=5)
+    with torch.no_grad():
+        prior.weight.mul_(50.0)  # a nearly one-hot prior
+    plain = constrained_beam_search(lm, vocab, trie, ids, mask, num_beams=2, outcome="like")
+    zero = constrained_beam_search(
+        lm, vocab, trie, ids, mask, num_beams=2, outcome="like", prior=prior, prior_weight=0.0
+    )
+    assert torch.equal(plain.items, zero.items) and torch.equal(plain.scores, zero.scores)
+    steered = constrained_beam_search(
+        lm, vocab, trie, ids, mask, num_beams=2, outcome="like", prior=prior, prior_weight=100.0
+    )
+    dense_top = prior.scores(_query_states(lm, vocab, ids, mask, "like")).argmax(-1)
+    assert torch.equal(steered.items[:, 0], dense_top)
+
+
+def test_dense_prior_every_prefix_of_excluded_items_is_dropped():
+    """A level-0 code whose items are all excluded never takes a beam."""
+    lm, vocab, trie, codes = make_setup((4, 3, 5), 30, seed=6)
+    ids, mask, _ = make_histories(vocab, codes, [2], seed=6)
+    prior = _LinearPrior(30, lm.config.hidden_size, seed=6)
+    banned = (codes[:, 0] != codes[0, 0]).nonzero().flatten()  # all but code codes[0, 0]
+    out = constrained_beam_search(
+        lm, vocab, trie, ids, mask, num_beams=3, outcome="like",
+        exclude_items=banned[None], prior=prior, prior_weight=1e-3,
+    )  # fmt: skip
+    found = out.items[0][out.items[0] >= 0]
+    assert len(found) == min(3, int((codes[:, 0] == codes[0, 0]).sum()))
+    assert (codes[found, 0] == codes[0, 0]).all()
+
+
+def test_dense_prior_bad_arguments():
+    lm, vocab, trie, codes = make_setup((4, 3), 12, seed=7)
+    ids, mask, _ = make_histories(vocab, codes, [2], seed=7)
+    with pytest.raises(ValueError, match="pass prior="):
+        constrained_beam_search(lm, vocab, trie, ids, mask, outcome="like", prior_weight=1.0)
+    for bad in (-1.0, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="prior_weight"):
+            BeamSearchConfig(prior_weight=bad)
+    wrong = _LinearPrior(11, lm.config.hidden_size, seed=7)
+    with pytest.raises(ValueError, match="11 items"):
+        constrained_beam_search(
+            lm, vocab, trie, ids, mask, outcome="like", prior=wrong, prior_weight=1.0
+        )

@@ -373,6 +373,13 @@ class EvalArguments:
             "help": "Share of the (renormalised) beam probability in the ranked score, 0..1."
         },
     )
+    prior_weight: float = field(
+        default=library_default(evaluate_run, "prior_weight"),
+        metadata={
+            "help": "Runs with a dense head: weight of the dense head's item log-probs inside "
+            "the beam search, at every SID level (0: the SID log-probs alone)."
+        },
+    )
     dense_beam_weight: float = field(
         default=library_default(evaluate_run, "dense_beam_weight"),
         metadata={"help": "Runs with a dense head: share of the beam log-prob in dense + beam."},

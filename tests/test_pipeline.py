@@ -126,3 +126,28 @@ def test_sid_fit_sample_fits_the_tokenizer_on_a_sample_and_encodes_every_item(
     assert fitted == [20, 25]
     with pytest.raises(ValueError, match="sid_fit_sample"):
         run_training(*pipeline_options(dataset, tmp_path / "bad", sid_fit_sample=-1, **options))
+
+
+def test_load_best_model_at_end_keeps_the_best_validated_step(dataset, tmp_path):
+    """--load_best_model_at_end: the weights and metrics saved are those of the step with the
+    lowest validation loss, and config.json says which step that was."""
+    from safetensors.torch import load_file
+
+    run_dir = run_training(
+        *options(
+            dataset, tmp_path / "run", max_steps=8, save_steps=2, eval_steps=2,
+            eval_strategy="steps", load_best_model_at_end=True,
+            metric_for_best_model="eval_loss", learning_rate=0.5, ranker=False,
+        )
+    )  # fmt: skip
+    training = json.loads((run_dir / "config.json").read_text())["training"]
+    evals = {h["step"]: h["eval_loss"] for h in training["log_history"] if "eval_loss" in h}
+    best = min(evals, key=evals.get)
+    assert training["best_step"] == best and training["global_step"] == 8
+    assert training["eval_loss"] == pytest.approx(evals[best])
+    saved = load_file(run_dir / "model" / "model.safetensors")
+    kept = load_file(run_dir / "checkpoints" / f"checkpoint-{best}" / "model.safetensors")
+    common = sorted(set(saved) & set(kept))
+    assert common
+    for key in common:
+        assert (saved[key] == kept[key]).all(), key

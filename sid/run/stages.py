@@ -372,12 +372,12 @@ def model_stage(
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(newest) if resume else None)
     seconds = time.perf_counter() - start
+    best_step = _best_step(trainer)
+    kept_step = trainer.state.global_step if best_step is None else best_step
     final = [
-        h
-        for h in trainer.state.log_history
-        if "eval_loss" in h and h.get("step") == trainer.state.global_step
+        h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == kept_step
     ]
-    if final:  # training already validated its last step: do not run it twice
+    if final:  # training already validated the kept step: do not run it twice
         metrics = {k: v for k, v in final[-1].items() if k.startswith("eval_")}
     else:
         metrics = trainer.evaluate()
@@ -389,6 +389,8 @@ def model_stage(
     stats = {
         "train_loss": result.training_loss,
         "global_step": trainer.state.global_step,
+        # --load_best_model_at_end: the step whose weights were kept (picked on validation)
+        "best_step": best_step,
         "processes": trainer.args.world_size,
         # whether the Trainer trained the LM with activation (gradient) checkpointing
         "gradient_checkpointing": bool(
@@ -413,6 +415,14 @@ def model_stage(
     summary = rounded({k: v for k, v in stats.items() if k != "log_history"})
     logger.info(f"model trained: {dumps_strict(summary)}")
     return rec, stats, key
+
+
+def _best_step(trainer) -> int | None:
+    """The step of the checkpoint `load_best_model_at_end` restored, or None (the last)."""
+    best = trainer.state.best_model_checkpoint
+    if not trainer.args.load_best_model_at_end or not best:
+        return None
+    return int(str(best).rstrip("/").rsplit("-", 1)[-1])
 
 
 def run_training(

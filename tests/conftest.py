@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -158,3 +159,11 @@ def launch_processes(script: str, *argv: str, num_processes: int = 2, timeout: i
         capture_output=True,
         timeout=timeout,
     )
+
+
+def load_script(path: Path):
+    """A script of the checkout (a benchmark, train.py …) imported as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,13 +4,13 @@ its early stopping must pick the epoch on validation, restore it, and resume fro
 exactly where an uninterrupted run would be."""
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from test_training import cyclic_data
 
 from sid.data import leave_one_out
@@ -30,10 +30,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_quality", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH)
 
 
 def test_left_padding_keeps_the_last_items_shifted_by_one(bench):

@@ -472,6 +472,16 @@ PRESETS: dict[str, dict] = {
         run_dir="runs/smollm2",
     ),
 }
+# The `ml1m` recipe trained 10 epochs; validation loss is checked every 500 steps and the
+# best step's weights are kept (picked on validation, never on test).
+PRESETS["ml1m-large"] = {
+    **PRESETS["ml1m"],
+    "num_train_epochs": 10.0,
+    "eval_strategy": "steps",
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "eval_loss",
+    "run_dir": "runs/ml1m-large",
+}
 
 
 AUTO_LEVELS, AUTO_MAX_SIZE = 3, 256

@@ -1,0 +1,329 @@
+"""The presets' headline figures on ML-1M: mean and spread over seeds, weights picked on validation.
+
+Train each preset with two or more seeds, then score them all:
+
+    python train.py --preset ml1m --seed 0 --run_dir runs/ml1m-s0
+    python train.py --preset ml1m --seed 1 --run_dir runs/ml1m-s1
+    python train.py --preset ml1m-large --seed 0 --run_dir runs/ml1m-large-s0
+    python train.py --preset ml1m-large --seed 1 --run_dir runs/ml1m-large-s1
+    HF_HUB_OFFLINE=1 python benchmarks/bench_presets.py runs/ml1m-s0 runs/ml1m-s1 \
+        runs/ml1m-large-s0 runs/ml1m-large-s1
+    python benchmarks/bench_presets.py --table          # the Markdown table of BENCHMARKS.md
+    python benchmarks/bench_presets.py --plot benchmarks/figures/presets_recall_at_k.png
+
+For every run (leave-one-out, full ranking over the whole catalogue):
+
+1. **Validation, to pick the dense prior's weight.** The beam search is run on the validation
+   targets of the first `--tune_users` users, history excluded, once per `--weights` value of
+   `prior_weight` (the dense head's item scores inside the beam, at every level; 0 = the SID
+   model alone). The weight with the best validation NDCG@10 is kept; test never takes part.
+2. **Test, all users**, history excluded (the headline protocol): the beam alone (weight 0)
+   and the beam with the chosen weight; the same rows also hold the dense head, popularity
+   and per-level accuracy (teacher-forced and beam). History kept: the chosen weight again.
+3. `--curve_beams N` (default 100): the chosen weight once more with N beams and the top N
+   candidates, for the Recall@K curve (K = 1 … N) of `--plot`.
+
+The table gives, per preset, the mean over its seeds and ± half the range between them.
+Every evaluation is stored in `--json` as soon as it finishes; a re-run reuses those
+already there (`--redo` evaluates again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without install
+
+KINDS = ("retrieval", "retrieval+ranking", "dense", "popularity")
+KEEP = (
+    "split",
+    "users",
+    "num_beams",
+    "top_k",
+    "prior_weight",
+    "exclude_history",
+    "per_level_accuracy",
+    "latency",
+    "recall_curve",
+    "eval_seconds",
+    "model_fingerprint",
+)
+METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
+
+
+def summary(results: dict) -> dict:
+    """The stored part of one `evaluate_run` result, plus the run's preset, seed and cost."""
+    options = results.get("options", {})
+    training = results.get("training") or {}
+    row = {k: results[k] for k in KEEP if k in results}
+    row.update({k: results[k] for k in KINDS if k in results})
+    row["preset"] = options.get("run", {}).get("preset")
+    row["seed"] = options.get("training_arguments", {}).get("seed")
+    row["train_seconds"] = training.get("train_seconds")
+    row["best_step"] = training.get("best_step")
+    row["global_step"] = training.get("global_step")
+    return row
+
+
+def chosen_weight(done: dict, run: str, weights: list[float]) -> float | None:
+    """The weight with the best validation NDCG@10 (the smaller one on a tie), or None until
+    every weight has been validated."""
+    scores = {}
+    for w in weights:
+        res = done.get(f"{run}|valid|w={w:g}")
+        if res is None:
+            return None
+        scores[w] = res["retrieval"]["ndcg@10"]
+    return max(sorted(scores), key=lambda w: scores[w])
+
+
+def plan(run: str, weights: list[float], done: dict, curve_beams: int):
+    """(name, evaluate_run options) still to run for `run`, in order; the test entries
+    appear once the validation sweep that picks their weight is complete."""
+    for w in weights:
+        yield f"{run}|valid|w={w:g}", dict(split_name="valid", prior_weight=w, tune=True)
+    best = chosen_weight(done, run, weights)
+    if best is None:
+        return
+    yield f"{run}|test|w=0", dict(split_name="test", prior_weight=0.0)
+    if best != 0:
+        yield f"{run}|test|w={best:g}", dict(split_name="test", prior_weight=best)
+    yield (
+        f"{run}|test-kept|w={best:g}",
+        dict(split_name="test", prior_weight=best, exclude_history=False),
+    )
+    if curve_beams:
+        yield (
+            f"{run}|curve|w={best:g}",
+            dict(split_name="test", prior_weight=best, num_beams=curve_beams, top_k=curve_beams),
+        )
+
+
+def _mean_spread(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    half = (max(values) - min(values)) / 2
+    return f"{mean:.4f} ± {half:.4f}" if len(values) > 1 else f"{mean:.4f}"
+
+
+def _levels(rows: list[dict], kind: str) -> str:
+    accs = [r["per_level_accuracy"][kind] for r in rows if r.get("per_level_accuracy")]
+    if not accs:
+        return "–"
+    return " / ".join(f"{sum(a[i] for a in accs) / len(accs):.3f}" for i in range(len(accs[0])))
+
+
+def _by_preset(done: dict) -> dict[str, dict[str, dict]]:
+    """preset → run → {"weight": w, "test": …, "test0": …, "kept": …, "curve": …}."""
+    out: dict[str, dict[str, dict]] = {}
+    for name, res in done.items():
+        run, part, weight = name.split("|")
+        w = float(weight.split("=")[1])
+        entry = out.setdefault(res.get("preset") or run, {}).setdefault(run, {})
+        if part == "valid":
+            entry.setdefault("valid", {})[w] = res
+        elif part == "test" and w == 0:
+            entry["test0"] = res
+            entry.setdefault("test", res)  # until a non-zero weight is stored
+        elif part == "test":
+            entry["test"] = res
+        elif part == "test-kept":
+            entry["kept"] = res
+        elif part == "curve":
+            entry["curve"] = res
+    return out
+
+
+def tables(done: dict) -> str:
+    """The Markdown tables of BENCHMARKS.md from the stored evaluations."""
+    cols = ["Recall@10", "NDCG@10", "Recall@20", "NDCG@20"]
+    lines = [
+        "| preset (seeds) | protocol | row | " + " | ".join(cols) + " | per-level acc. |",
+        "|---|---|---|" + "---|" * len(cols) + "---|",
+    ]
+    notes = []
+    for preset, runs in _by_preset(done).items():
+        entries = [e for e in runs.values() if "test" in e]
+        if not entries:
+            continue
+        label = f"`{preset}` ({len(entries)})"
+        weights = [e["test"].get("prior_weight", 0.0) for e in entries]
+        rows = [
+            ("excluded", "beam", [e["test0"] for e in entries if "test0" in e], "retrieval"),
+            ("excluded", "beam + dense prior", [e["test"] for e in entries], "retrieval"),
+            (
+                "excluded",
+                "beam + ranking head",
+                [e["test"] for e in entries if "retrieval+ranking" in e["test"]],
+                "retrieval+ranking",
+            ),
+            ("excluded", "dense head", [e["test"] for e in entries], "dense"),
+            ("excluded", "popularity", [e["test"] for e in entries], "popularity"),
+            (
+                "kept",
+                "beam + dense prior",
+                [e["kept"] for e in entries if "kept" in e],
+                "retrieval",
+            ),
+            ("kept", "dense head", [e["kept"] for e in entries if "kept" in e], "dense"),
+        ]
+        for protocol, shown, results, kind in rows:
+            results = [r for r in results if kind in r]
+            if not results:
+                continue
+            cells = [_mean_spread([r[kind][m] for r in results]) for m in METRICS]
+            if kind in ("retrieval", "retrieval+ranking"):
+                levels = f"TF {_levels(results, 'teacher_forced')}; beam {_levels(results, 'beam')}"
+            else:
+                levels = ""
+            lines.append(
+                f"| {label} | {protocol} | {shown} | " + " | ".join(cells) + f" | {levels} |"
+            )
+        minutes = [
+            e["test"]["train_seconds"] / 60 for e in entries if e["test"].get("train_seconds")
+        ]
+        steps = [
+            f"{e['test']['best_step']}/{e['test']['global_step']}"
+            for e in entries
+            if e["test"].get("best_step")
+        ]
+        lat = [e["test"]["latency"]["per_user_ms"] for e in entries if e["test"].get("latency")]
+        sweeps = []
+        for run, e in runs.items():
+            if "valid" in e:
+                sweep = ", ".join(
+                    f"{w:g}: {r['retrieval']['ndcg@10']:.4f}" for w, r in sorted(e["valid"].items())
+                )
+                sweeps.append(f"{Path(run).name} ({sweep})")
+        note = (
+            f"`{preset}`: prior weights chosen on validation {', '.join(f'{w:g}' for w in weights)}"
+        )
+        if sweeps:
+            note += f" (validation NDCG@10 per weight: {'; '.join(sweeps)})"
+        if minutes:
+            note += f"; training {', '.join(f'{m:.1f}' for m in minutes)} min"
+        if steps:
+            note += f"; best validated step / steps run {', '.join(steps)}"
+        if lat:
+            note += f"; beam {', '.join(f'{x:.1f}' for x in lat)} ms per user"
+        notes.append(note + ".")
+    return "\n".join([*lines, "", *(f"- {n}" for n in notes)])
+
+
+def plot(done: dict, path: Path) -> None:
+    """Recall@K, K = 1 … depth: the beam (with its chosen prior) next to the dense head and
+    popularity, averaged over each preset's seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for preset, runs in _by_preset(done).items():
+        curves = [e["curve"]["recall_curve"] for e in runs.values() if "curve" in e]
+        if not curves:
+            continue
+        for kind, style in (("retrieval", "-"), ("dense", "--"), ("popularity", ":")):
+            rows = [c[kind] for c in curves if kind in c]
+            if not rows or (kind == "popularity" and preset != next(iter(_by_preset(done)))):
+                continue
+            depth = min(len(r) for r in rows)
+            mean = [sum(r[i] for r in rows) / len(rows) for i in range(depth)]
+            name = {"retrieval": "beam + dense prior", "dense": "dense head"}.get(kind, kind)
+            shown = name if kind == "popularity" else f"{preset}: {name}"
+            ax.plot(range(1, depth + 1), mean, style, label=shown)
+    ax.set_xlabel("K")
+    ax.set_ylabel("Recall@K (history excluded)")
+    ax.set_title("ML-1M, leave-one-out, full ranking, all users")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="*", help="train.py run directories")
+    p.add_argument("--json", type=Path, default=ROOT / "runs" / "bench_presets.json")
+    p.add_argument("--weights", default="0,0.5,1,2", help="prior weights to validate")
+    p.add_argument("--tune_users", type=int, default=2000)
+    p.add_argument("--num_beams", type=int, default=20)
+    p.add_argument("--top_k", type=int, default=20)
+    p.add_argument("--curve_beams", type=int, default=100, help="0: no curve evaluation")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--redo", action="store_true")
+    p.add_argument("--table", action="store_true", help="print the Markdown table and stop")
+    p.add_argument("--plot", type=Path, help="write the Recall@K figure here and stop")
+    args = p.parse_args()
+    if args.table or args.plot:
+        if not args.json.is_file():
+            p.error(f"{args.json}: no evaluations stored yet; run with run directories first")
+        done = json.loads(args.json.read_text())
+        if args.table:
+            print(tables(done))
+        if args.plot:
+            plot(done, args.plot)
+        return
+    if not args.runs:
+        p.error("give the run directories to evaluate (or --table / --plot)")
+    try:
+        weights = [float(w) for w in args.weights.split(",") if w.strip()]
+    except ValueError:
+        p.error(f"--weights must be comma-separated numbers, got {args.weights!r}")
+    if not weights or any(w < 0 for w in weights):
+        p.error(f"--weights must be non-negative numbers, got {args.weights!r}")
+    missing = [r for r in args.runs if not Path(r, "model").is_dir()]
+    if missing:
+        p.error(f"not trained (no model/ folder): {', '.join(missing)}")
+
+    import torch
+
+    from sid.artifacts import write_json_atomic
+    from sid.evaluation import evaluate_run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    done = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    for run in args.runs:
+        run = str(Path(run))
+        redone: set[str] = set()
+        while True:  # the test entries appear once the sweep that picks their weight is done
+            todo = [
+                (n, o)
+                for n, o in plan(run, weights, done, args.curve_beams)
+                if n not in redone and (args.redo or n not in done)
+            ]
+            if not todo:
+                break
+            name, options = todo[0]
+            tune = options.pop("tune", False)
+            options.setdefault("num_beams", args.num_beams)
+            options.setdefault("top_k", args.top_k)
+            results = evaluate_run(
+                run,
+                max_users=args.tune_users if tune else None,
+                write_report=False,
+                **options,
+            )
+            done[name] = summary(results)
+            redone.add(name)
+            write_json_atomic(args.json, done, indent=1)
+            head = results["retrieval"]
+            print(
+                f"{name}: beam recall@10 {head['recall@10']:.4f} ndcg@10 {head['ndcg@10']:.4f}, "
+                f"dense recall@10 {results.get('dense', {}).get('recall@10', float('nan')):.4f} "
+                f"({results['eval_seconds']:.0f} s)",
+                flush=True,
+            )
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

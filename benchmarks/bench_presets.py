@@ -8,6 +8,11 @@ Train each preset with two or more seeds, then score them all:
     python train.py --preset ml1m-large --seed 1 --run_dir runs/ml1m-large-s1
     HF_HUB_OFFLINE=1 python benchmarks/bench_presets.py runs/ml1m-s0 runs/ml1m-s1 \
         runs/ml1m-large-s0 runs/ml1m-large-s1
+    # a ranking head on a trained run, then its rows (the beam weight picked on validation):
+    python train.py --preset ml1m-large --seed 0 --run_dir runs/ml1m-large-s0 --ranker True \
+        --ranker_dense_feature True --ranker_targets valid --ranker_exclude_history True \
+        --ranker_prior_weight W      # W: the prior weight validation picked for this run
+    HF_HUB_OFFLINE=1 python benchmarks/bench_presets.py runs/ml1m-large-s0
     python benchmarks/bench_presets.py --table          # the Markdown table of BENCHMARKS.md
     python benchmarks/bench_presets.py --plot benchmarks/figures/presets_recall_at_k.png
 
@@ -22,6 +27,13 @@ For every run (leave-one-out, full ranking over the whole catalogue):
    and per-level accuracy (teacher-forced and beam). History kept: the chosen weight again.
 3. `--curve_beams N` (default 100): the chosen weight once more with N beams and the top N
    candidates, for the Recall@K curve (K = 1 … N) of `--plot`.
+4. **The ranking head**, for a run that has one (`RUN/ranker`): the beam with the chosen
+   prior weight, its candidates ranked by the head, once per `--beam_weights` value (the
+   beam probability's share in the ranked score) on the same validation users; the best
+   NDCG@10 of the ranked list is scored on test, beside the beam it rescored. A head
+   trained with `--ranker_targets valid` learns from the validation targets of the users
+   after the first `--ranker_tune_users` (2,000, as `--tune_users` here), so none of the
+   users that pick a weight was seen by it.
 
 The table gives, per preset, the mean over its seeds and ± half the range between them.
 Every evaluation is stored in `--json` as soon as it finishes; a re-run reuses those
@@ -49,6 +61,7 @@ KEEP = (
     "per_level_accuracy",
     "latency",
     "recall_curve",
+    "beam_weight",
     "eval_seconds",
     "model_fingerprint",
 )
@@ -66,41 +79,78 @@ def summary(results: dict) -> dict:
     row["train_seconds"] = training.get("train_seconds")
     row["best_step"] = training.get("best_step")
     row["global_step"] = training.get("global_step")
+    if "retrieval+ranking" in results and training.get("ranker"):
+        row["ranker"] = training["ranker"]
     return row
 
 
-def chosen_weight(done: dict, run: str, weights: list[float]) -> float | None:
-    """The weight with the best validation NDCG@10 (the smaller one on a tie), or None until
-    every weight has been validated."""
+def _best_on_validation(done: dict, names: dict[float, str], kind: str) -> float | None:
+    """The value whose stored validation entry has the best NDCG@10 of row `kind` (the
+    smaller value on a tie), or None until every value has been validated."""
     scores = {}
-    for w in weights:
-        res = done.get(f"{run}|valid|w={w:g}")
-        if res is None:
+    for value, name in names.items():
+        if name not in done:
             return None
-        scores[w] = res["retrieval"]["ndcg@10"]
-    return max(sorted(scores), key=lambda w: scores[w])
+        scores[value] = done[name][kind]["ndcg@10"]
+    return max(sorted(scores), key=lambda v: scores[v])
 
 
-def plan(run: str, weights: list[float], done: dict, curve_beams: int):
+def chosen_weight(done: dict, run: str, weights: list[float]) -> float | None:
+    """The prior weight with the best validation NDCG@10 of the beam."""
+    return _best_on_validation(done, {w: f"{run}|valid|w={w:g}" for w in weights}, "retrieval")
+
+
+def chosen_beam_weight(done: dict, run: str, beam_weights: list[float]) -> float | None:
+    """The ranking head's beam weight with the best validation NDCG@10 of the ranked list."""
+    names = {bw: f"{run}|valid-rank|bw={bw:g}" for bw in beam_weights}
+    return _best_on_validation(done, names, "retrieval+ranking")
+
+
+def plan(
+    run: str,
+    weights: list[float],
+    done: dict,
+    curve_beams: int,
+    beam_weights: list[float] | None = None,
+):
     """(name, evaluate_run options) still to run for `run`, in order; the test entries
-    appear once the validation sweep that picks their weight is complete."""
+    appear once the validation sweep that picks their weight is complete. `beam_weights`
+    (a run with a ranking head): the head's sweep on validation, then its test entry."""
+    plain = dict(rerank=False)
     for w in weights:
-        yield f"{run}|valid|w={w:g}", dict(split_name="valid", prior_weight=w, tune=True)
+        yield f"{run}|valid|w={w:g}", dict(split_name="valid", prior_weight=w, tune=True, **plain)
     best = chosen_weight(done, run, weights)
     if best is None:
         return
-    yield f"{run}|test|w=0", dict(split_name="test", prior_weight=0.0)
+    yield f"{run}|test|w=0", dict(split_name="test", prior_weight=0.0, **plain)
     if best != 0:
-        yield f"{run}|test|w={best:g}", dict(split_name="test", prior_weight=best)
+        yield f"{run}|test|w={best:g}", dict(split_name="test", prior_weight=best, **plain)
     yield (
         f"{run}|test-kept|w={best:g}",
-        dict(split_name="test", prior_weight=best, exclude_history=False),
+        dict(split_name="test", prior_weight=best, exclude_history=False, **plain),
     )
     if curve_beams:
         yield (
             f"{run}|curve|w={best:g}",
-            dict(split_name="test", prior_weight=best, num_beams=curve_beams, top_k=curve_beams),
+            dict(
+                split_name="test",
+                prior_weight=best,
+                num_beams=curve_beams,
+                top_k=curve_beams,
+                **plain,
+            ),
         )
+    if not beam_weights:
+        return
+    ranked = dict(prior_weight=best, rerank=True)
+    for bw in beam_weights:
+        yield (
+            f"{run}|valid-rank|bw={bw:g}",
+            dict(split_name="valid", beam_weight=bw, tune=True, **ranked),
+        )
+    pick = chosen_beam_weight(done, run, beam_weights)
+    if pick is not None:
+        yield f"{run}|test-rank|bw={pick:g}", dict(split_name="test", beam_weight=pick, **ranked)
 
 
 def _mean_spread(values: list[float]) -> str:
@@ -136,6 +186,10 @@ def _by_preset(done: dict) -> dict[str, dict[str, dict]]:
             entry["kept"] = res
         elif part == "curve":
             entry["curve"] = res
+        elif part == "valid-rank":
+            entry.setdefault("valid_rank", {})[w] = res
+        elif part == "test-rank":
+            entry["rank"] = res
     return out
 
 
@@ -160,6 +214,12 @@ def tables(done: dict) -> str:
                 "excluded",
                 "beam + ranking head",
                 [e["test"] for e in entries if "retrieval+ranking" in e["test"]],
+                "retrieval+ranking",
+            ),
+            (
+                "excluded",
+                "beam + dense prior + ranking head",
+                [e["rank"] for e in entries if "rank" in e],
                 "retrieval+ranking",
             ),
             ("excluded", "dense head", [e["test"] for e in entries], "dense"),
@@ -211,6 +271,23 @@ def tables(done: dict) -> str:
             note += f"; best validated step / steps run {', '.join(steps)}"
         if lat:
             note += f"; beam {', '.join(f'{x:.1f}' for x in lat)} ms per user"
+        ranked = [e["rank"] for e in entries if "rank" in e]
+        if ranked:
+            lifts = [
+                r["retrieval+ranking"]["ndcg@10"] / r["retrieval"]["ndcg@10"] - 1 for r in ranked
+            ]
+            picked = ", ".join(f"{r.get('beam_weight') or 0.0:g}" for r in ranked)
+            note += (
+                f"; ranking head: beam weights chosen on validation {picked}, NDCG@10 over "
+                f"its own beam {', '.join(f'{x:+.1%}' for x in lifts)}"
+            )
+            for run, e in runs.items():
+                if "valid_rank" in e:
+                    sweep = ", ".join(
+                        f"{bw:g}: {r['retrieval+ranking']['ndcg@10']:.4f}"
+                        for bw, r in sorted(e["valid_rank"].items())
+                    )
+                    note += f" ({Path(run).name} validation NDCG@10 per beam weight: {sweep})"
         notes.append(note + ".")
     return "\n".join([*lines, "", *(f"- {n}" for n in notes)])
 
@@ -251,8 +328,18 @@ def plot(done: dict, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="*", help="train.py run directories")
-    p.add_argument("--json", type=Path, default=ROOT / "runs" / "bench_presets.json")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "presets.json",
+        help="the stored evaluations (kept in the repository, so a later checkout has them)",
+    )
     p.add_argument("--weights", default="0,0.5,1,2", help="prior weights to validate")
+    p.add_argument(
+        "--beam_weights",
+        default="0,0.5",
+        help="the ranking head's beam weights to validate (runs with a ranking head)",
+    )
     p.add_argument("--tune_users", type=int, default=2000)
     p.add_argument("--num_beams", type=int, default=20)
     p.add_argument("--top_k", type=int, default=20)
@@ -279,6 +366,12 @@ def main() -> None:
         p.error(f"--weights must be comma-separated numbers, got {args.weights!r}")
     if not weights or any(w < 0 for w in weights):
         p.error(f"--weights must be non-negative numbers, got {args.weights!r}")
+    try:
+        beam_weights = [float(w) for w in args.beam_weights.split(",") if w.strip()]
+    except ValueError:
+        p.error(f"--beam_weights must be comma-separated numbers, got {args.beam_weights!r}")
+    if not beam_weights or any(not 0 <= w <= 1 for w in beam_weights):
+        p.error(f"--beam_weights must be numbers in [0, 1], got {args.beam_weights!r}")
     missing = [r for r in args.runs if not Path(r, "model").is_dir()]
     if missing:
         p.error(f"not trained (no model/ folder): {', '.join(missing)}")
@@ -293,11 +386,12 @@ def main() -> None:
     done = json.loads(args.json.read_text()) if args.json.is_file() else {}
     for run in args.runs:
         run = str(Path(run))
+        ranks = beam_weights if Path(run, "ranker", "config.json").is_file() else None
         redone: set[str] = set()
         while True:  # the test entries appear once the sweep that picks their weight is done
             todo = [
                 (n, o)
-                for n, o in plan(run, weights, done, args.curve_beams)
+                for n, o in plan(run, weights, done, args.curve_beams, ranks)
                 if n not in redone and (args.redo or n not in done)
             ]
             if not todo:

@@ -61,7 +61,10 @@ class RankingHeadConfig:
         :func:`beam_score_features`): into its residual stream, and through a linear skip to
         the logits that starts as "interaction logit = that log-prob", so an untrained head
         already orders candidates about as retrieval does. Such a head is trained on the beam
-        search's own candidate lists (:func:`sid.ranking_training.train_ranker`).
+        search's own candidate lists (:func:`sid.ranking_training.train_ranker`). With 2, it
+        also reads the dense head's log-probability of each candidate (renormalised over the
+        list the same way; ``BeamSearchOutput.prior_scores``), so it can learn how to weigh
+        the two retrieval scores against each other and against the cross-attention.
     """
 
     hidden_size: int
@@ -83,9 +86,10 @@ class RankingHeadConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"RankingHeadConfig.{name} must be a positive int, got {value!r}")
-        if not isinstance(self.score_features, int) or self.score_features < 0:
+        if not isinstance(self.score_features, int) or not 0 <= self.score_features <= 2:
             raise ValueError(
-                f"RankingHeadConfig.score_features must be an int >= 0, got {self.score_features!r}"
+                "RankingHeadConfig.score_features must be 0 (none), 1 (beam log-prob) or 2 "
+                f"(beam and dense log-probs), got {self.score_features!r}"
             )
         if self.head_size % self.n_heads:
             raise ValueError(
@@ -317,17 +321,31 @@ def candidate_embeddings(lm, vocab: SIDVocab, codes: LongTensor) -> FloatTensor:
     return lm.get_input_embeddings()(ids).view(B, C, L, -1)
 
 
-def beam_score_features(beam_scores: FloatTensor, valid: BoolTensor) -> FloatTensor:
-    """The head's retrieval feature: beam log-probs [B, C] → FloatTensor[B, C, 1].
+def beam_score_features(
+    beam_scores: FloatTensor, valid: BoolTensor, prior_scores: FloatTensor | None = None
+) -> FloatTensor:
+    """The head's retrieval features: beam log-probs [B, C] → FloatTensor[B, C, 1], or with
+    the dense head's log-probs ``prior_scores`` [B, C] → FloatTensor[B, C, 2].
 
-    Log-softmax of the beam scores over the user's valid candidates (the log of the beam's
-    probability renormalised over its list), so the feature means the same whatever the
-    list size or history length; 0 for missing candidates.
+    Each is a log-softmax over the user's valid candidates (the log of that score's
+    probability renormalised over the list), so a feature means the same whatever the list
+    size or history length; 0 for missing candidates.
     """
     valid = valid.to(beam_scores.device)
-    s = beam_scores.float().where(valid, float("-inf"))
-    f = s.log_softmax(-1).clamp_min(-30.0)
-    return f.where(valid, 0.0).nan_to_num(0.0)[..., None]
+
+    def renormalised(x: FloatTensor) -> FloatTensor:
+        f = x.float().where(valid, float("-inf")).log_softmax(-1).clamp_min(-30.0)
+        return f.where(valid, 0.0).nan_to_num(0.0)
+
+    columns = [renormalised(beam_scores)]
+    if prior_scores is not None:
+        if prior_scores.shape != beam_scores.shape:
+            raise ValueError(
+                f"prior_scores {tuple(prior_scores.shape)} must match beam_scores "
+                f"{tuple(beam_scores.shape)}"
+            )
+        columns.append(renormalised(prior_scores.to(beam_scores.device)))
+    return torch.stack(columns, dim=-1)
 
 
 def history_inputs(
@@ -406,6 +424,7 @@ def rank_candidates(
     beam_weight: float = DEFAULT_BEAM_WEIGHT,
     top_k: int | None = None,
     extra: FloatTensor | None = None,
+    prior_scores: FloatTensor | None = None,
 ) -> RankedOutput:
     """Score given candidates with the head and sort them; no LM forward of the history.
 
@@ -420,6 +439,8 @@ def rank_candidates(
             (default :data:`DEFAULT_BEAM_WEIGHT`; 0 ranks by the head alone).
         top_k: keep the best ``top_k`` (default: all C).
         extra: optional FloatTensor[B, C, E] per-candidate vectors for the head.
+        prior_scores: FloatTensor[B, C] the dense head's log-probs of the candidates
+            (``BeamSearchOutput.prior_scores``); needed by a head with ``score_features=2``.
 
     Returns:
         :class:`RankedOutput`; ``final_scores`` sorted descending, missing candidates last.
@@ -434,6 +455,11 @@ def rank_candidates(
     if head.config.score_features and beam_scores is None:
         raise ValueError(
             "this head reads the retrieval scores: pass beam_scores (the beam log-probabilities)"
+        )
+    if head.config.score_features >= 2 and prior_scores is None:
+        raise ValueError(
+            "this head reads the dense head's scores too: pass prior_scores (search with "
+            "prior= the run's dense head, one outcome and one slot per user)"
         )
     if beam_weight > 0 and beam_scores is None:
         raise ValueError(
@@ -454,7 +480,8 @@ def rank_candidates(
     codes = codes_table.to(items.device)[items.clamp_min(0)]  # [B, C, L]
     features = None
     if head.config.score_features:
-        features = beam_score_features(beam_scores.to(device), valid)
+        dense = prior_scores if head.config.score_features >= 2 else None
+        features = beam_score_features(beam_scores.to(device), valid, dense)
     was_training = head.training
     head.eval()
     try:
@@ -502,6 +529,7 @@ def retrieve_and_rank(
     outcome_weights: dict[str, float] | None = None,
     beam_weight: float = DEFAULT_BEAM_WEIGHT,
     top_k: int | None = None,
+    prior=None,
 ) -> RankedOutput:
     """Retrieve candidates with ONE constrained beam search, then rank them with the head.
 
@@ -509,12 +537,14 @@ def retrieve_and_rank(
     not encoded again. ``beam``: the search's options (:class:`~sid.retrieval.BeamSearchConfig`,
     default ``BeamSearchConfig()``; its states are always kept); ``input_ids`` LEFT-padded ``[B, T]``; ``exclude_items``
     ``[B, M]`` -1 padded; the rest as :func:`rank_candidates`, where ``top_k`` is how many
-    ranked items to return out of the beam's candidates (default all of them).
+    ranked items to return out of the beam's candidates (default all of them). ``prior``:
+    the run's dense head, for ``beam.prior_weight > 0`` and for a head that reads the dense
+    scores (``score_features=2``).
     ``result.retrieval`` keeps the retrieval-only order for side-by-side evaluation.
     """
     beam = BeamSearchConfig() if beam is None else beam
     beams = replace(beam, return_states=True).search(
-        lm, vocab, semantic_ids.trie, input_ids, attention_mask, exclude_items
+        lm, vocab, semantic_ids.trie, input_ids, attention_mask, exclude_items, prior=prior
     )
     ranked = rank_candidates(
         head,
@@ -528,6 +558,7 @@ def retrieve_and_rank(
         outcome_weights=outcome_weights,
         beam_weight=beam_weight,
         top_k=top_k,
+        prior_scores=beams.prior_scores,
     )
     ranked.retrieval = beams
     return ranked

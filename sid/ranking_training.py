@@ -36,27 +36,61 @@ from sid.vocab import SIDVocab
 
 @dataclass
 class RankingExamples:
-    """Users' train sequences in CSR form; every position t >= 1 is one ranking example.
+    """Users' sequences in CSR form; the example positions are every position t >= 1, or the
+    given ``positions``.
 
     offsets: int64 [U + 1]; items, outcomes: int64 [N] (user u: ``[offsets[u], offsets[u+1])``).
     Example (u, t): history = the user's items before t, positive = item t with its outcome.
+    positions: optional int64 [E] global positions to train on (None: all of them).
     """
 
     offsets: np.ndarray
     items: np.ndarray
     outcomes: np.ndarray
+    positions: np.ndarray | None = None
 
     @classmethod
-    def from_split(cls, split) -> RankingExamples:
-        """Train part of a :class:`~sid.data.LeaveOneOutSplit` (never its valid/test targets)."""
-        return cls(
-            offsets=np.asarray(split.train_offsets, dtype=np.int64),
-            items=np.asarray(split.train_items, dtype=np.int64),
-            outcomes=np.asarray(split.train_outcomes, dtype=np.int64),
-        )
+    def from_split(cls, split, target: str = "train", users=None) -> RankingExamples:
+        """Examples of a :class:`~sid.data.LeaveOneOutSplit`, never its test targets.
+
+        target="train": every next-item position of the train sequences (targets the LM was
+        trained on). target="valid": one example per user, the validation target after the
+        whole train sequence — the situation of a test target, on items the LM has not been
+        trained to predict there. ``users``: indices into the split's users to take (None:
+        all); with "valid", keep the users whose validation targets pick weights out.
+        """
+        if target not in ("train", "valid"):
+            raise ValueError(f"target must be 'train' or 'valid', got {target!r}")
+        offsets = np.asarray(split.train_offsets, dtype=np.int64)
+        items = np.asarray(split.train_items, dtype=np.int64)
+        outcomes = np.asarray(split.train_outcomes, dtype=np.int64)
+        n_users = len(offsets) - 1
+        picked = np.arange(n_users) if users is None else np.asarray(users, dtype=np.int64)
+        if picked.size and (picked.min() < 0 or picked.max() >= n_users):
+            raise ValueError(f"users must index the split's {n_users} users")
+        if target == "train" and users is None:
+            return cls(offsets=offsets, items=items, outcomes=outcomes)
+        lengths = offsets[1:][picked] - offsets[:-1][picked] + (target == "valid")
+        new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        parts_i, parts_o = [], []
+        for u in picked:
+            parts_i.append(items[offsets[u] : offsets[u + 1]])
+            parts_o.append(outcomes[offsets[u] : offsets[u + 1]])
+            if target == "valid":
+                parts_i.append(np.asarray(split.valid_items[u : u + 1], dtype=np.int64))
+                parts_o.append(np.asarray(split.valid_outcomes[u : u + 1], dtype=np.int64))
+        cat = (lambda x: np.concatenate(x)) if parts_i else (lambda x: np.zeros(0, np.int64))
+        positions = None
+        if target == "valid":  # the last position of each user, when it has a history
+            positions = new_offsets[1:] - 1
+            positions = positions[lengths >= 2]
+        return cls(new_offsets, cat(parts_i), cat(parts_o), positions)
 
     def targets(self) -> np.ndarray:
-        """int64 [E]: global positions that have at least one earlier item of the same user."""
+        """int64 [E]: the example positions; by default every position that has at least
+        one earlier item of the same user."""
+        if self.positions is not None:
+            return np.asarray(self.positions, dtype=np.int64)
         starts = self.offsets[:-1]
         is_first = np.zeros(len(self.items), dtype=bool)
         is_first[starts[starts < len(self.items)]] = True
@@ -92,6 +126,9 @@ def train_ranker(
     weight_decay: float = 0.01,
     progress: bool = True,
     list_oversample: int = 4,
+    prior=None,
+    prior_weight: float = 0.0,
+    exclude_history: bool = False,
 ) -> dict:
     """Train ``head`` on next-item examples of the train split; the LM stays frozen.
 
@@ -108,10 +145,13 @@ def train_ranker(
     their beam log-probs, the positive labelled with its outcome where the beam found it and
     every other candidate "none". Lists that miss the positive teach nothing about ordering
     and are skipped, so each step beams ``list_oversample * batch_size`` sampled examples and
-    keeps up to ``batch_size`` lists that hold the positive. The beam does not exclude the
-    history here, so the lists are the ones served with the history kept and the head also
-    learns to demote items the user has seen. Random negatives have no beam score, so this
-    mode takes ``n_random_negatives=0``.
+    keeps up to ``batch_size`` lists that hold the positive. By default the beam does not
+    exclude the history, so the lists are the ones served with the history kept and the head
+    also learns to demote items the user has seen; ``exclude_history=True`` trains on the
+    lists served with it excluded. Random negatives have no beam score, so this mode takes
+    ``n_random_negatives=0``. A head with ``score_features=2`` also reads the dense head's
+    log-prob of each candidate: pass ``prior`` (the run's dense head), and ``prior_weight``
+    to train on the lists of a beam searched with that dense prior, as served.
 
     Args:
         examples: :class:`RankingExamples` or a :class:`~sid.data.LeaveOneOutSplit` (its
@@ -128,6 +168,11 @@ def train_ranker(
             second history encoding.
         max_history: most recent items kept per history (the eval histories should use the
             same window).
+        prior, prior_weight: the dense head and its weight inside the default beam search
+            (:class:`~sid.retrieval.BeamSearchConfig`); ``prior`` is needed by a head with
+            ``score_features=2`` and by ``prior_weight > 0``.
+        exclude_history: the beam lists of a head with ``score_features`` leave the history
+            out, as served with history excluded.
 
     Returns:
         dict with ``losses`` (per step), ``first_loss``/``final_loss`` (means of the first and
@@ -158,6 +203,11 @@ def train_ranker(
         )
     if list_oversample < 1:
         raise ValueError(f"list_oversample must be >= 1, got {list_oversample}")
+    if (head.config.score_features >= 2 or prior_weight > 0) and prior is None and beam_fn is None:
+        raise ValueError(
+            "a head that reads the dense head's scores (score_features=2) or a beam with a "
+            "dense prior (prior_weight > 0) needs prior= the run's dense head"
+        )
     data = _examples(examples)
     positions = data.targets()
     if len(positions) == 0:
@@ -171,7 +221,9 @@ def train_ranker(
             f"examples hold item index {int(data.items.max())} >= catalogue size {n_items}"
         )
     if n_beam_negatives > 0 and beam_fn is None:
-        beam_fn = _default_beam_fn(lm, vocab, semantic_ids, n_beam_negatives, beam_outcome)
+        beam_fn = _default_beam_fn(
+            lm, vocab, semantic_ids, n_beam_negatives, beam_outcome, prior, prior_weight
+        )
 
     device = head.null_memory.device
     user_of = np.searchsorted(data.offsets, positions, side="right") - 1
@@ -230,9 +282,14 @@ def train_ranker(
                 with torch.no_grad():
                     # history items stay in the lists (as at serving with the history kept),
                     # so the head also learns to demote what the user has already seen
-                    beams = beam_fn(ids, mask, None)
+                    beams = beam_fn(ids, mask, hist_items.to(device) if exclude_history else None)
                 batch = _beam_list_batch(
-                    beams, target, target_outcome, n_beam_negatives, none_class
+                    beams,
+                    target,
+                    target_outcome,
+                    n_beam_negatives,
+                    none_class,
+                    dense=head.config.score_features >= 2,
                 )
                 beamed, hits = beamed + len(pick), hits + (0 if batch is None else len(batch[0]))
                 if batch is None:  # no list held its positive: nothing to learn from
@@ -305,28 +362,36 @@ def train_ranker(
     return stats
 
 
-def _beam_list_batch(beams, target, target_outcome, size: int, none_class: int):
+def _beam_list_batch(
+    beams, target, target_outcome, size: int, none_class: int, dense: bool = False
+):
     """The rows of a beam search whose list holds the positive, as a training batch.
 
     Returns None when no row does, else (rows LongTensor[b], candidates LongTensor[b, size]
     (-1 = no candidate), labels LongTensor[b, size] (the positive's outcome, "none" for the
-    other candidates, -100 for missing ones), features FloatTensor[b, size, 1]).
+    other candidates, -100 for missing ones), features FloatTensor[b, size, F]: the beam
+    log-prob, and with ``dense`` the dense log-prob, renormalised over the list).
     """
+    if dense and beams.prior_scores is None:
+        raise ValueError("the beam search returned no prior_scores: search with prior=")
     items = beams.items[:, :size].cpu()
     scores = beams.scores[:, :size].float().cpu()
+    prior = beams.prior_scores[:, :size].float().cpu() if dense else None
     if items.shape[1] < size:
         pad = size - items.shape[1]
         items = F.pad(items, (0, pad), value=-1)
         scores = F.pad(scores, (0, pad), value=float("-inf"))
+        prior = None if prior is None else F.pad(prior, (0, pad), value=float("-inf"))
     is_pos = items == target[:, None]
     rows = is_pos.any(1).nonzero().flatten()
     if len(rows) == 0:
         return None
     items, scores, is_pos = items[rows], scores[rows], is_pos[rows]
+    prior = None if prior is None else prior[rows]
     valid = items >= 0
     labels = torch.full(items.shape, none_class, dtype=torch.long)
     labels = labels.where(~is_pos, target_outcome[rows][:, None]).where(valid, -100)
-    return rows, items, labels, beam_score_features(scores, valid)
+    return rows, items, labels, beam_score_features(scores, valid, prior)
 
 
 def _random_other(target: LongTensor, n: int, n_items: int, gen: torch.Generator) -> LongTensor:
@@ -335,7 +400,9 @@ def _random_other(target: LongTensor, n: int, n_items: int, gen: torch.Generator
     return (target[:, None] + offset) % n_items
 
 
-def _default_beam_fn(lm, vocab, semantic_ids, num_beams: int, outcome: str | None):
+def _default_beam_fn(
+    lm, vocab, semantic_ids, num_beams: int, outcome: str | None, prior=None, prior_weight=0.0
+):
     trie = getattr(semantic_ids, "trie", None)
     if trie is None:
         raise ValueError(
@@ -344,9 +411,15 @@ def _default_beam_fn(lm, vocab, semantic_ids, num_beams: int, outcome: str | Non
         )
     outcome = vocab.outcomes[0] if outcome is None else outcome
     vocab.outcome_id(outcome)
-    config = BeamSearchConfig(num_beams=num_beams, outcome=outcome, return_states=True)
+    config = BeamSearchConfig(
+        num_beams=num_beams,
+        outcome=outcome,
+        return_states=True,
+        slots=1 if prior is not None else None,  # the dense scores: one query per user
+        prior_weight=prior_weight,
+    )
 
     def beam_fn(input_ids, attention_mask, exclude_items):
-        return config.search(lm, vocab, trie, input_ids, attention_mask, exclude_items)
+        return config.search(lm, vocab, trie, input_ids, attention_mask, exclude_items, prior=prior)
 
     return beam_fn

@@ -98,6 +98,11 @@ def _check_ranker_fits(path: Path, ranker, rec: SIDRecModel) -> None:
                 f"model has {value!r}: it belongs to another model; retrain it (train.py "
                 "--ranker) or pass rerank=False"
             )
+    if cfg.score_features >= 2 and rec.dense is None:
+        raise ValueError(
+            f"{path} is a ranking head that reads the dense head's scores, but the run has no "
+            "dense head (train.py --dense); retrain the head or pass rerank=False"
+        )
 
 
 # --------------------------------------------------------------------------- histories
@@ -442,6 +447,14 @@ class Recommender:
         self._check_outcome(beam.outcome)
         rank = rerank and beam_search and self.ranker is not None
         beam = replace(beam, return_states=rank)
+        dense_feature = rank and self.ranker.config.score_features >= 2
+        one_query = isinstance(beam.outcome, str) and resolve_slots(beam.slots, self.rec.vocab) == 1
+        if dense_feature and not one_query:
+            raise ValueError(
+                "this run's ranking head reads the dense score of each candidate, which needs "
+                f"one outcome label and one slot per user; got outcome {beam.outcome!r} and "
+                f"{resolve_slots(beam.slots, self.rec.vocab)} slots (or pass rerank=False)"
+            )
         if beam.prior_weight > 0 and self.rec.dense is None:
             raise ValueError(
                 f"prior_weight={beam.prior_weight} weighs the dense head's scores inside the "
@@ -461,7 +474,7 @@ class Recommender:
                 input_ids,
                 attention_mask,
                 exclude,
-                prior=self.rec.dense if beam.prior_weight > 0 else None,
+                prior=self.rec.dense if beam.prior_weight > 0 or dense_feature else None,
             )
             beam_seconds = time.perf_counter() - t0
         if dense and self.rec.dense is not None:
@@ -496,6 +509,7 @@ class Recommender:
                 beam_scores=beams.scores,
                 outcome_weights=outcome_weights,
                 beam_weight=beam_weight,
+                prior_scores=beams.prior_scores,
             )
             rank_seconds = time.perf_counter() - t1
             ranked.retrieval = beams

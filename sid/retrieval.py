@@ -47,6 +47,10 @@ class BeamSearchOutput:
     history_states: FloatTensor[B, T, H] last hidden states of the history prefill (for the
         ranking head), or None when ``return_states=False``.
     history_mask: LongTensor[B, T] the attention mask of the history.
+    prior_scores: FloatTensor[B, K] the dense head's log-probability of each candidate (its
+        log-softmax over the whole catalogue; -inf for missing candidates) when the search
+        was given a ``prior`` and decoded one query per user (one outcome, one slot), else
+        None. The ranking head reads it as a feature (``RankingHeadConfig.score_features=2``).
     """
 
     items: LongTensor
@@ -55,6 +59,7 @@ class BeamSearchOutput:
     outcomes: LongTensor
     history_states: FloatTensor | None
     history_mask: LongTensor
+    prior_scores: FloatTensor | None = None
 
 
 # --------------------------------------------------------------------------- model access
@@ -499,7 +504,9 @@ def constrained_beam_search(
         prior: the dense head (:class:`~sid.dense.DenseRetrieval`, anything with
             ``scores(h) -> [..., N]``) whose log-softmax over the catalogue, read from each
             group's query state (where decoding starts: the outcome token, or a slot token),
-            is the prior that ``prior_weight`` weighs; needed when ``prior_weight > 0``.
+            is the prior that ``prior_weight`` weighs; needed when ``prior_weight > 0``. Given
+            with one query per user, its log-probabilities of the returned items come back as
+            ``prior_scores`` (also with ``prior_weight=0``).
         prior_weight: see :class:`BeamSearchConfig`. With a prior, ``scores`` are
             ``SID log-prob + prior_weight * dense log-prob`` of each item.
 
@@ -587,8 +594,8 @@ def constrained_beam_search(
             last = torch.cat([last.view(B, n_out, 1, -1), h_slots], 2).reshape(-1, last.shape[-1])
             G = B * n_out * n_slots  # groups g = (b * n_out + o) * k + slot
 
-        marginals = None
-        if prior_weight > 0:
+        marginals, item_logp = None, None
+        if prior is not None and (prior_weight > 0 or G == B):
             if last is None:
                 raise ValueError("a dense prior needs a history or an outcome token to follow")
             item_logp = F.log_softmax(prior.scores(last).float(), dim=-1)  # [G, N]
@@ -599,7 +606,8 @@ def constrained_beam_search(
             if excluded is not None:
                 user = torch.div(torch.arange(G, device=device), G // B, rounding_mode="floor")
                 item_logp = item_logp.masked_fill(excluded[user], float("-inf"))
-            marginals = [prior_weight * m for m in prefix_log_marginals(item_logp, trie)]
+            if prior_weight > 0:
+                marginals = [prior_weight * m for m in prefix_log_marginals(item_logp, trie)]
         nodes = torch.zeros(G, dtype=torch.long, device=device)  # [G * width]
         scores = torch.zeros(G, 1, device=device)  # [G, width] SID log-probs
         codes = torch.zeros(G, 1, 0, dtype=torch.long, device=device)  # [G, width, l]
@@ -665,6 +673,10 @@ def constrained_beam_search(
                 out_index,
                 n_items,
             )
+        prior_scores = None
+        if item_logp is not None and G == B:  # one query per user: its dense log-probs
+            prior_scores = item_logp.gather(1, items.clamp_min(0))
+            prior_scores = prior_scores.masked_fill(items < 0, float("-inf"))
         # pad to k_out when the catalogue is smaller than the request
         if items.shape[1] < k_out:
             pad = k_out - items.shape[1]
@@ -672,6 +684,8 @@ def constrained_beam_search(
             outcomes = F.pad(outcomes, (0, pad), value=-1)
             scores = F.pad(scores, (0, pad), value=float("-inf"))
             codes = F.pad(codes, (0, 0, 0, pad), value=-1)
+            if prior_scores is not None:
+                prior_scores = F.pad(prior_scores, (0, pad), value=float("-inf"))
         return BeamSearchOutput(
             items=items,
             codes=codes,
@@ -679,6 +693,7 @@ def constrained_beam_search(
             outcomes=outcomes,
             history_states=history_states,
             history_mask=attention_mask,
+            prior_scores=prior_scores,
         )
     finally:
         if was_training:

@@ -38,8 +38,8 @@ def test_the_weight_is_the_best_on_validation_and_test_waits_for_the_whole_sweep
     done["a|valid|w=2"] = stored("p", 0, **{"ndcg@10": 0.20})
     assert bench.chosen_weight(done, "a", [0.0, 1.0, 2.0]) == 1.0
     plan = dict(bench.plan("a", [0.0, 1.0, 2.0], done, 50))
-    assert plan["a|test|w=0"] == dict(split_name="test", prior_weight=0.0)
-    assert plan["a|test|w=1"] == dict(split_name="test", prior_weight=1.0)
+    assert plan["a|test|w=0"] == dict(split_name="test", prior_weight=0.0, rerank=False)
+    assert plan["a|test|w=1"] == dict(split_name="test", prior_weight=1.0, rerank=False)
     assert plan["a|test-kept|w=1"]["exclude_history"] is False
     assert plan["a|curve|w=1"]["num_beams"] == plan["a|curve|w=1"]["top_k"] == 50
     assert all(o["split_name"] == "valid" for n, o in plan.items() if "|valid|" in n)
@@ -85,6 +85,43 @@ def test_end_to_end_on_a_trained_run(bench, tmp_path, monkeypatch):
     assert test["split"] == "test" and test["exclude_history"] is True and test["users"] > 8
     assert done[f"{run}|test-kept|w={best:g}"]["exclude_history"] is False
     assert len(done[f"{run}|curve|w={best:g}"]["recall_curve"]["retrieval"]) == 8
+    # the run has a ranking head: its beam weight picked on validation, then scored on test
+    bw = bench.chosen_beam_weight(done, str(run), [0.0, 0.5])
+    assert done[f"{run}|valid-rank|bw=0.5"]["beam_weight"] == 0.5
+    ranked = done[f"{run}|test-rank|bw={bw:g}"]
+    assert ranked["prior_weight"] == best and "retrieval+ranking" in ranked
+    assert "retrieval+ranking" not in test  # the rows without the head are not reranked
+    assert "beam + dense prior + ranking head" in bench.tables(done)
     assert "`None`" not in bench.tables(done)
     bench.plot(done, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_the_ranking_heads_beam_weight_is_picked_on_validation_after_the_prior(bench):
+    done = {f"a|valid|w={w:g}": stored("p", 0, **{"ndcg@10": n}) for w, n in [(0, 0.1), (2, 0.2)]}
+    names = [n for n, _ in bench.plan("a", [0.0, 2.0], done, 0, [0.0, 0.5])]
+    assert names[-2:] == ["a|valid-rank|bw=0", "a|valid-rank|bw=0.5"]  # no test-rank yet
+    opts = dict(bench.plan("a", [0.0, 2.0], done, 0, [0.0, 0.5]))
+    assert opts["a|valid-rank|bw=0.5"] == dict(
+        split_name="valid", beam_weight=0.5, tune=True, prior_weight=2.0, rerank=True
+    )
+    assert opts["a|test|w=2"]["rerank"] is False
+    for bw, n in [(0.0, 0.3), (0.5, 0.25)]:
+        done[f"a|valid-rank|bw={bw:g}"] = {"retrieval+ranking": {"ndcg@10": n}}
+    opts = dict(bench.plan("a", [0.0, 2.0], done, 0, [0.0, 0.5]))
+    assert opts["a|test-rank|bw=0"] == dict(
+        split_name="test", beam_weight=0.0, prior_weight=2.0, rerank=True
+    )
+    # without a head: no ranking entries
+    assert not any("rank" in n for n, _ in bench.plan("a", [0.0, 2.0], done, 0, None))
+    done["a|test|w=0"] = {**stored("p", 0, **{"ndcg@10": 0.10}), "prior_weight": 0.0}
+    done["a|test|w=2"] = {**stored("p", 0, **{"ndcg@10": 0.20}), "prior_weight": 2.0}
+    done["a|test-rank|bw=0"] = {
+        **stored("p", 0, **{"ndcg@10": 0.20}),
+        "retrieval+ranking": {"recall@10": 0.3, "ndcg@10": 0.22, "recall@20": 0.4, "ndcg@20": 0.25},
+        "beam_weight": 0.0,
+    }
+    table = bench.tables(done)
+    row = next(line for line in table.splitlines() if "ranking head |" in line)
+    assert "| 0.3000 | 0.2200 |" in row
+    assert "NDCG@10 over its own beam +10.0%" in table

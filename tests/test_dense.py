@@ -195,3 +195,31 @@ def test_train_py_run_with_dense_saves_loads_and_reports_dense_rows(tmp_path):
         assert 0.0 <= res[kind]["recall@10"] <= 1.0
     # the cycle is learnable: the dense head alone beats popularity
     assert res["dense"]["recall@10"] > res["popularity"]["recall@10"]
+
+
+def test_train_py_ranker_reading_dense_scores_trained_on_validation_targets(tmp_path):
+    from conftest import pipeline_options, write_cycle_dataset
+
+    from sid.evaluation import evaluate_run
+    from sid.ranking import RankingHead
+    from sid.run import run_training
+
+    data = write_cycle_dataset(tmp_path)
+    with pytest.raises(ValueError, match="dense"):
+        run_training(*pipeline_options(data, tmp_path / "bad", ranker_dense_feature=True))
+    run = run_training(
+        *pipeline_options(
+            data, tmp_path / "run", dense=True, max_steps=30, ranker_steps=4,
+            ranker_dense_feature=True, ranker_targets="valid", ranker_tune_users=3,
+            ranker_prior_weight=0.5, ranker_exclude_history=True,
+        )
+    )  # fmt: skip
+    head = RankingHead.from_pretrained(run / "ranker")
+    assert head.config.score_features == 2
+    res = evaluate_run(run, write_report=False, num_beams=10, top_k=10, prior_weight=0.5)
+    assert 0.0 <= res["retrieval+ranking"]["recall@10"] <= 1.0
+    # serving with a budget cannot give one dense score per candidate: refused, said why
+    with pytest.raises(ValueError, match="one outcome label"):
+        evaluate_run(
+            run, write_report=False, num_beams=10, top_k=10, outcome={"click": 5, "save": 5}
+        )

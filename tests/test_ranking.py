@@ -395,14 +395,21 @@ def test_beam_score_features_renormalise_over_the_list_and_zero_missing_candidat
     )
 
 
-def test_head_fed_beam_scores_starts_in_beam_order_and_checks_its_inputs():
+def _two_ranked_lists():
+    """A tiny LM's states of two histories, 4 candidates each with well-separated beam
+    scores: (lm, vocab, sids, states, mask, items, beam_scores)."""
     lm, vocab, sids = make_setup()
-    head = make_head(score_features=1, dropout=0.0)
     ids, mask, _ = make_histories(vocab, sids, [3, 5])
     with torch.no_grad():
         states = encode_history(lm, ids, mask)
     items = torch.tensor([[4, 7, 1, 9], [2, 8, 5, 3]])
     beam = torch.tensor([[-20.0, -1.0, -10.0, -5.0], [-2.0, -30.0, -12.0, -6.0]])
+    return lm, vocab, sids, states, mask, items, beam
+
+
+def test_head_fed_beam_scores_starts_in_beam_order_and_checks_its_inputs():
+    lm, vocab, sids, states, mask, items, beam = _two_ranked_lists()
+    head = make_head(score_features=1, dropout=0.0)
     out = rank_candidates(head, lm, vocab, sids, states, mask, items, beam_scores=beam)
     # the skip path starts as "interaction logit = beam log-prob": untrained, the head keeps
     # well-separated beam scores in the beam's order
@@ -541,3 +548,121 @@ def test_each_default_lives_in_one_place():
     assert DEFAULT_BEAM_WEIGHT == 0.5
     for fn in (rank_candidates, retrieve_and_rank, evaluate_run):
         assert default(fn, "beam_weight") == DEFAULT_BEAM_WEIGHT, fn.__name__
+
+
+# ----------------------------------------------------------------------------- dense feature
+class _Prior(nn.Module):
+    """A stand-in dense head whose item scores are a high-frequency function of the query
+    state: each user gets other favourites, which the ranking head cannot learn from the
+    history states and the candidate's embedding in a few steps."""
+
+    def __init__(self, n_items, hidden, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.weight = nn.Parameter(torch.randn(n_items, hidden, generator=g))
+
+    def scores(self, h):
+        return 5.0 * torch.sin(40.0 * h.float() @ self.weight.T)
+
+
+def test_score_features_with_dense_scores_renormalise_each_column():
+    from sid.ranking import beam_score_features
+
+    beam = torch.tensor([[-1.0, -2.0, float("-inf")]])
+    dense = torch.tensor([[-9.0, -7.0, float("-inf")]])
+    valid = torch.tensor([[True, True, False]])
+    f = beam_score_features(beam, valid, dense)
+    assert f.shape == (1, 3, 2) and torch.equal(f[..., :1], beam_score_features(beam, valid))
+    assert torch.allclose(f[0, :2, 1].exp().sum(), torch.tensor(1.0)) and f[0, 2, 1] == 0
+    assert f[0, 1, 1] > f[0, 0, 1]  # the dense order, not the beam's
+    with pytest.raises(ValueError, match="must match"):
+        beam_score_features(beam, valid, dense[:, :2])
+
+
+def test_head_reading_dense_scores_starts_in_beam_order_and_needs_them():
+    lm, vocab, sids, states, mask, items, beam = _two_ranked_lists()
+    head = make_head(score_features=2, dropout=0.0)
+    dense = -beam.flip(-1)  # the opposite order: untrained, the head follows the beam
+    out = rank_candidates(
+        head, lm, vocab, sids, states, mask, items, beam_scores=beam, prior_scores=dense
+    )
+    assert out.items.tolist() == [[7, 9, 1, 4], [2, 3, 5, 8]]
+    with pytest.raises(ValueError, match="prior_scores"):
+        rank_candidates(head, lm, vocab, sids, states, mask, items, beam_scores=beam)
+    with pytest.raises(ValueError, match="score_features"):
+        make_head(score_features=3)
+
+
+def _dense_target_examples(lm, vocab, sids, prior, n_users, seed):
+    """Random 4-item histories; each target is the dense prior's favourite among the items
+    of the user's own 12-beam list — known to the dense score, not to the beam order or to
+    the item's identity."""
+    g = torch.Generator().manual_seed(seed)
+    n_items = sids.codes.shape[0]
+    hist = torch.stack([torch.randperm(n_items, generator=g)[:4] for _ in range(n_users)])
+    outs = torch.zeros_like(hist)
+    ids, mask = history_inputs(vocab, sids.codes, hist, outs)
+    beams = BeamSearchConfig(num_beams=12, outcome="like", slots=1).search(
+        lm, vocab, sids.trie, ids, mask, prior=prior
+    )
+    targets = beams.items.gather(1, beams.prior_scores.argmax(-1, keepdim=True))[:, 0]
+    seqs = torch.cat([hist, targets[:, None]], 1).numpy()
+    examples = RankingExamples(
+        offsets=np.arange(0, 5 * n_users + 1, 5, dtype=np.int64),
+        items=seqs.reshape(-1),
+        outcomes=np.zeros(5 * n_users, dtype=np.int64),
+        positions=np.arange(4, 5 * n_users, 5, dtype=np.int64),
+    )
+    return examples, ids, mask, targets
+
+
+def test_head_reading_dense_scores_learns_what_the_dense_score_knows():
+    lm, vocab, sids = make_setup(n_items=40)
+    prior = _Prior(40, 32, seed=3)
+    examples, _, _, _ = _dense_target_examples(lm, vocab, sids, prior, 64, seed=0)
+    _, ids, mask, targets = _dense_target_examples(lm, vocab, sids, prior, 40, seed=1)
+    mrr = {}
+    for features in (1, 2):
+        head = make_head(seed=0, dropout=0.0, score_features=features)
+        stats = train_ranker(
+            head, lm, vocab, sids, examples, steps=120, batch_size=16, lr=5e-3,
+            n_random_negatives=0, n_beam_negatives=12, beam_outcome="like", seed=0,
+            progress=False, prior=prior if features == 2 else None,
+        )  # fmt: skip
+        assert stats["list_hit_rate"] == 1.0  # every target is in its own list
+        out = retrieve_and_rank(
+            lm, vocab, sids, head, ids, mask, prior=prior, beam_weight=0.0,
+            beam=BeamSearchConfig(num_beams=12, outcome="like", slots=1),
+        )  # fmt: skip
+        ranks = (out.items == targets[:, None]).float().argmax(-1)
+        mrr[features] = float((1.0 / (1 + ranks)).mean())
+    assert mrr[2] > 0.8 and mrr[2] > mrr[1] + 0.25, mrr
+    with pytest.raises(ValueError, match="prior="):
+        train_ranker(make_head(score_features=2), lm, vocab, sids, examples, steps=1,
+                     n_random_negatives=0, n_beam_negatives=12, progress=False)  # fmt: skip
+
+
+def test_validation_target_examples_take_the_whole_train_sequence_and_never_test():
+    from types import SimpleNamespace
+
+    split = SimpleNamespace(
+        train_offsets=np.array([0, 3, 4, 6]),
+        train_items=np.array([1, 2, 3, 4, 5, 6]),
+        train_outcomes=np.array([0, 1, 0, 1, 0, 1]),
+        valid_items=np.array([7, 8, 9]),
+        valid_outcomes=np.array([1, 0, 1]),
+        test_items=np.array([10, 11, 12]),
+    )
+    ex = RankingExamples.from_split(split, "valid", users=[0, 1, 2])
+    assert ex.items.tolist() == [1, 2, 3, 7, 4, 8, 5, 6, 9]
+    assert ex.outcomes.tolist() == [0, 1, 0, 1, 1, 0, 0, 1, 1]
+    assert ex.targets().tolist() == [3, 5, 8]  # one per user: its validation target
+    assert not set(split.test_items) & set(ex.items.tolist())
+    left_out = RankingExamples.from_split(split, "valid", users=[2])
+    assert left_out.items.tolist() == [5, 6, 9] and left_out.targets().tolist() == [2]
+    train = RankingExamples.from_split(split)
+    assert train.positions is None and train.targets().tolist() == [1, 2, 5]
+    with pytest.raises(ValueError, match="target"):
+        RankingExamples.from_split(split, "test")
+    with pytest.raises(ValueError, match="users"):
+        RankingExamples.from_split(split, "valid", users=[3])

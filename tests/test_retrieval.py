@@ -549,3 +549,32 @@ def test_dense_prior_bad_arguments():
         constrained_beam_search(
             lm, vocab, trie, ids, mask, outcome="like", prior=wrong, prior_weight=1.0
         )
+
+
+def test_prior_scores_are_the_dense_log_probs_of_the_returned_items():
+    lm, vocab, trie, codes = make_setup((4, 3, 5), 30, seed=8)
+    ids, mask, _ = make_histories(vocab, codes, [3, 2], seed=8)
+    prior = _LinearPrior(30, lm.config.hidden_size, seed=8)
+    exclude = torch.tensor([[0, 1, 2, -1], [5, -1, -1, -1]])
+    dense = torch.log_softmax(prior.scores(_query_states(lm, vocab, ids, mask, "like")), -1)
+    plain = constrained_beam_search(
+        lm, vocab, trie, ids, mask, num_beams=6, outcome="like", exclude_items=exclude
+    )
+    assert plain.prior_scores is None
+    for weight in (0.0, 0.7):
+        out = constrained_beam_search(
+            lm, vocab, trie, ids, mask, num_beams=6, outcome="like", exclude_items=exclude,
+            prior=prior, prior_weight=weight,
+        )  # fmt: skip
+        if weight == 0:  # the prior is read, not used: the same beams
+            assert torch.equal(out.items, plain.items)
+        ok = out.items >= 0
+        assert ok.any()
+        want = dense.gather(1, out.items.clamp_min(0))
+        assert torch.allclose(out.prior_scores[ok], want[ok], atol=1e-5)
+        assert torch.isinf(out.prior_scores[~ok]).all()
+    # several queries per user (a budget): no single dense score per candidate
+    budget = constrained_beam_search(
+        lm, vocab, trie, ids, mask, num_beams=4, outcome={"like": 2, "watch": 2}, prior=prior
+    )
+    assert budget.prior_scores is None

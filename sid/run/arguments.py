@@ -218,6 +218,36 @@ class ModelArguments:
             "own lists (--ranker_beam_negatives long); False: the older head without it."
         },
     )
+    ranker_dense_feature: bool = field(
+        default=False,
+        metadata={
+            "help": "Ranking head also reads each candidate's dense log-prob (needs --dense "
+            "and --ranker_features); served with one outcome and one slot per user."
+        },
+    )
+    ranker_targets: str = field(
+        default="train",
+        metadata={
+            "help": "Ranking head examples: train (every next item of the train sequences) | "
+            "valid (each user's validation target after the whole train sequence, as a test "
+            "target comes; the first --ranker_tune_users users are left out to pick weights)."
+        },
+    )
+    ranker_tune_users: int = field(
+        default=2000,
+        metadata={"help": "With --ranker_targets valid: users left out of the head's training."},
+    )
+    ranker_prior_weight: float = field(
+        default=library_default(train_ranker, "prior_weight"),
+        metadata={
+            "help": "Ranking head: the dense prior's weight in the beam that makes its lists "
+            "(serve with the same --prior_weight)."
+        },
+    )
+    ranker_exclude_history: bool = field(
+        default=library_default(train_ranker, "exclude_history"),
+        metadata={"help": "Ranking head: its beam lists leave the history out, as served."},
+    )
     dense: bool = field(
         default=False,
         metadata={
@@ -618,6 +648,29 @@ def validate_arguments(
             margs.ranker_beam_negatives,
             "the head fed the beam log-prob trains on beam lists this long: it must be >= 2",
         )
+    if margs.ranker:
+        need(
+            margs.ranker_targets in ("train", "valid"),
+            "ranker_targets",
+            margs.ranker_targets,
+            "train or valid",
+        )
+        need(margs.ranker_tune_users >= 0, "ranker_tune_users", margs.ranker_tune_users, ">= 0")
+        need(
+            math.isfinite(margs.ranker_prior_weight) and margs.ranker_prior_weight >= 0,
+            "ranker_prior_weight",
+            margs.ranker_prior_weight,
+            "a finite number >= 0",
+        )
+        if margs.ranker_dense_feature or margs.ranker_prior_weight > 0:
+            need(margs.dense, "dense", margs.dense, "True: the ranking head reads the dense head")
+        if margs.ranker_dense_feature:
+            need(
+                margs.ranker_features,
+                "ranker_features",
+                margs.ranker_features,
+                "True: the dense score is read beside the beam log-prob",
+            )
     if margs.stride is not None:
         need(
             1 <= margs.stride <= margs.max_items,

@@ -570,7 +570,7 @@ def ranker_stage(
 ) -> dict | None:
     """Train the cross-attention ranking head on train-split data with the LM frozen."""
     from sid.ranking import RankingHead, RankingHeadConfig
-    from sid.ranking_training import train_ranker
+    from sid.ranking_training import RankingExamples, train_ranker
 
     key = fingerprint(
         "ranker",
@@ -579,6 +579,11 @@ def ranker_stage(
         margs.ranker_beam_negatives,
         margs.ranker_random_negatives,
         margs.ranker_features,
+        margs.ranker_dense_feature,
+        margs.ranker_targets,
+        margs.ranker_tune_users if margs.ranker_targets == "valid" else None,
+        margs.ranker_prior_weight,
+        margs.ranker_exclude_history,
         seed,
     )
     if run.fresh("ranker", key, "ranker/config.json"):
@@ -590,9 +595,17 @@ def ranker_stage(
             hidden_size=int(rec.lm.config.get_text_config().hidden_size),
             num_levels=rec.vocab.num_levels,
             outcomes=list(rec.vocab.outcomes),
-            score_features=1 if margs.ranker_features else 0,
+            score_features=(2 if margs.ranker_dense_feature else 1) if margs.ranker_features else 0,
         )
     )
+    examples = split
+    if margs.ranker_targets == "valid":
+        users = np.arange(min(margs.ranker_tune_users, split.num_users), split.num_users)
+        examples = RankingExamples.from_split(split, "valid", users)
+        logger.info(
+            f"ranking head: trained on the validation targets of {len(users):,} users (the "
+            f"first {split.num_users - len(users):,} are left to pick weights)"
+        )
     rec.lm.eval()
     # beams under the outcome eval.py serves by default: the most frequent train outcome
     stats = train_ranker(
@@ -600,13 +613,16 @@ def ranker_stage(
         rec.lm,
         rec.vocab,
         rec.sids,
-        split,
+        examples,
         steps=margs.ranker_steps,
         seed=seed,
         max_history=margs.max_items,
         n_beam_negatives=margs.ranker_beam_negatives,
         n_random_negatives=0 if margs.ranker_features else margs.ranker_random_negatives,
         beam_outcome=split.most_frequent_train_outcome(),
+        prior=rec.dense if margs.ranker_dense_feature or margs.ranker_prior_weight > 0 else None,
+        prior_weight=margs.ranker_prior_weight,
+        exclude_history=margs.ranker_exclude_history,
     )
     head.save_pretrained(run.staging / "ranker")
     # which model the head was trained on: eval refuses a head that belongs to another model

@@ -68,13 +68,49 @@ KEEP = (
 METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
 
 
+# The run's data, SID and model options that name an ablation arm; the ranker's own options
+# are left out (its rows are already separate) and so are the run's paths and threads.
+SECTIONS = {"data": "DataArguments", "sid": "SIDArguments", "model": "ModelArguments"}
+
+
+def preset_label(options: dict) -> str | None:
+    """The run's preset, followed by every data, SID or model option that differs from what the
+    preset gives (e.g. `ml1m + prefixmem=True`), so an ablation arm is never averaged into its
+    preset's rows."""
+    from dataclasses import MISSING, fields
+
+    from sid.run import arguments
+
+    preset = options.get("run", {}).get("preset")
+    if preset not in arguments.PRESETS:
+        return preset
+    given = arguments.PRESETS[preset]
+    changed = []
+    for section, cls in SECTIONS.items():
+        for f in fields(getattr(arguments, cls)):
+            if f.name not in options.get(section, {}) or f.name.startswith("ranker"):
+                continue
+            if f.name in given:
+                expected = given[f.name]
+            elif f.default is not MISSING:
+                expected = f.default
+            elif f.default_factory is not MISSING:
+                expected = f.default_factory()
+            else:
+                continue
+            value = options[section][f.name]
+            if str(value) != str(expected):
+                changed.append(f"{f.name}={value}")
+    return " + ".join([preset, *changed])
+
+
 def summary(results: dict) -> dict:
     """The stored part of one `evaluate_run` result, plus the run's preset, seed and cost."""
     options = results.get("options", {})
     training = results.get("training") or {}
     row = {k: results[k] for k in KEEP if k in results}
     row.update({k: results[k] for k in KINDS if k in results})
-    row["preset"] = options.get("run", {}).get("preset")
+    row["preset"] = preset_label(options)
     row["seed"] = options.get("training_arguments", {}).get("seed")
     row["train_seconds"] = training.get("train_seconds")
     row["best_step"] = training.get("best_step")

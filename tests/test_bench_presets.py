@@ -125,3 +125,28 @@ def test_the_ranking_heads_beam_weight_is_picked_on_validation_after_the_prior(b
     row = next(line for line in table.splitlines() if "ranking head |" in line)
     assert "| 0.3000 | 0.2200 |" in row
     assert "NDCG@10 over its own beam +10.0%" in table
+
+
+def test_an_ablation_arm_gets_its_own_label_and_rows(bench):
+    from sid.run.arguments import PRESETS
+
+    options = {
+        "run": {"preset": "ml1m", "run_dir": "runs/anything", "threads": 2},
+        "sid": {"codebook_sizes": PRESETS["ml1m"]["codebook_sizes"], "sid_tokenizer": "rqkmeans"},
+        "model": {"prefixmem": False, "dense": True, "ranker": True, "ranker_steps": 7},
+    }
+    assert bench.preset_label(options) == "ml1m"  # ranker, paths and threads name no arm
+    options["model"]["prefixmem"] = True
+    options["sid"]["codebook_sizes"] = "64,64,64,64"
+    assert bench.preset_label(options) == "ml1m + codebook_sizes=64,64,64,64 + prefixmem=True"
+    assert bench.preset_label({"run": {"preset": None}}) is None
+    done = {
+        "runs/a|test|w=0": {**stored("ml1m", 0, **{"recall@10": 0.2}), "prior_weight": 0.0},
+        "runs/b|test|w=0": {
+            **stored("ml1m + prefixmem=True", 0, **{"recall@10": 0.3}),
+            "prior_weight": 0.0,
+        },
+    }
+    table = bench.tables(done)
+    assert "| `ml1m` (1) | excluded | beam | 0.2000" in table
+    assert "| `ml1m + prefixmem=True` (1) | excluded | beam | 0.3000" in table

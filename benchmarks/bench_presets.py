@@ -36,6 +36,8 @@ For every run (leave-one-out, full ranking over the whole catalogue):
    users that pick a weight was seen by it.
 
 The table gives, per preset, the mean over its seeds and ± half the range between them.
+A run trained with data, SID or model options that differ from its preset (an ablation arm,
+e.g. `--preset ml1m --prefixmem True`) is labelled `ml1m + prefixmem=True` and gets rows of its own.
 Every evaluation is stored in `--json` as soon as it finishes; a re-run reuses those
 already there (`--redo` evaluates again).
 """
@@ -44,7 +46,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -361,6 +365,37 @@ def plot(done: dict, path: Path) -> None:
     print(f"wrote {path}")
 
 
+@contextmanager
+def _locked(folder: Path):
+    """An exclusive lock on `folder` (POSIX `flock`; where there is none, no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def store(path: Path, name: str, entry: dict) -> dict:
+    """Add one evaluation to the stored file and return all stored evaluations. The file is
+    read again under a lock and replaced atomically, so benches of several runs can run side
+    by side without one dropping the entries the other wrote meanwhile."""
+    from sid.artifacts import write_json_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path.parent):
+        done = json.loads(path.read_text()) if path.is_file() else {}
+        done[name] = entry
+        write_json_atomic(path, done, indent=1)
+    return done
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="*", help="train.py run directories")
@@ -414,7 +449,6 @@ def main() -> None:
 
     import torch
 
-    from sid.artifacts import write_json_atomic
     from sid.evaluation import evaluate_run
 
     if args.threads:
@@ -442,9 +476,8 @@ def main() -> None:
                 write_report=False,
                 **options,
             )
-            done[name] = summary(results)
+            done = store(args.json, name, summary(results))
             redone.add(name)
-            write_json_atomic(args.json, done, indent=1)
             head = results["retrieval"]
             print(
                 f"{name}: beam recall@10 {head['recall@10']:.4f} ndcg@10 {head['ndcg@10']:.4f}, "

@@ -150,3 +150,24 @@ def test_an_ablation_arm_gets_its_own_label_and_rows(bench):
     table = bench.tables(done)
     assert "| `ml1m` (1) | excluded | beam | 0.2000" in table
     assert "| `ml1m + prefixmem=True` (1) | excluded | beam | 0.3000" in table
+
+
+def test_benches_side_by_side_keep_each_others_entries(bench, tmp_path):
+    import threading
+
+    path = tmp_path / "results" / "presets.json"
+    bench.store(path, "runs/a|valid|w=0", {"n": 0})
+    path.write_text(json.dumps({**json.loads(path.read_text()), "runs/b|valid|w=0": {"n": 1}}))
+    done = bench.store(path, "runs/a|valid|w=1", {"n": 2})  # re-read: b's entry survives
+    assert set(done) == {"runs/a|valid|w=0", "runs/b|valid|w=0", "runs/a|valid|w=1"}
+
+    def writer(run):
+        for i in range(25):
+            bench.store(path, f"{run}|test|w={i}", {"n": i})
+
+    threads = [threading.Thread(target=writer, args=(run,)) for run in ("runs/c", "runs/d")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(json.loads(path.read_text())) == 3 + 50

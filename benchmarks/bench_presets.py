@@ -408,8 +408,9 @@ def main() -> None:
     p.add_argument("--weights", default="0,0.5,1,2", help="prior weights to validate")
     p.add_argument(
         "--beam_weights",
-        default="0,0.5",
-        help="the ranking head's beam weights to validate (runs with a ranking head)",
+        default="0,0.5,0.75,0.9,1",
+        help="the ranking head's beam weights to validate (runs with a ranking head; 1 is the "
+        "beam alone, so validation can turn the head off)",
     )
     p.add_argument("--tune_users", type=int, default=2000)
     p.add_argument("--num_beams", type=int, default=20)

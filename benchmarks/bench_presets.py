@@ -245,7 +245,6 @@ def tables(done: dict) -> str:
         entries = [e for e in runs.values() if "test" in e]
         if not entries:
             continue
-        label = f"`{preset}` ({len(entries)})"
         weights = [e["test"].get("prior_weight", 0.0) for e in entries]
         rows = [
             ("excluded", "beam", [e["test0"] for e in entries if "test0" in e], "retrieval"),
@@ -281,6 +280,7 @@ def tables(done: dict) -> str:
                 levels = f"TF {_levels(results, 'teacher_forced')}; beam {_levels(results, 'beam')}"
             else:
                 levels = ""
+            label = f"`{preset}` ({len(results)})"  # the seeds that have this row
             lines.append(
                 f"| {label} | {protocol} | {shown} | " + " | ".join(cells) + f" | {levels} |"
             )

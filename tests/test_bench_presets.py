@@ -64,6 +64,10 @@ def test_the_table_gives_the_mean_and_half_range_over_seeds(bench):
     assert "0.3200 ± 0.0200" in prior
     assert "TF 0.500 / 0.250; beam 0.750 / 0.500" in prior
     assert "prior weights chosen on validation 1, 1" in table
+    # a row only one seed has says so
+    done["runs/x-s0|test-kept|w=1"] = stored("x", 0, **{"recall@10": 0.1})
+    kept = next(line for line in bench.tables(done).splitlines() if "| kept |" in line)
+    assert kept.startswith("| `x` (1) | kept |")
 
 
 def test_end_to_end_on_a_trained_run(bench, tmp_path, monkeypatch):

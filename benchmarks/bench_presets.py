@@ -38,6 +38,9 @@ For every run (leave-one-out, full ranking over the whole catalogue):
 The table gives, per preset, the mean over its seeds and ± half the range between them.
 A run trained with data, SID or model options that differ from its preset (an ablation arm,
 e.g. `--preset ml1m --prefixmem True`) is labelled `ml1m + prefixmem=True` and gets rows of its own.
+Each evaluation stores the run's options, and the label is worked out against today's presets:
+once a preset switches an option on, the runs trained without it read `+ prefixmem=False`.
+Benching a run again adds the options to its entries stored before they were kept.
 Every evaluation is stored in `--json` as soon as it finishes; a re-run reuses those
 already there (`--redo` evaluates again).
 """
@@ -108,13 +111,31 @@ def preset_label(options: dict) -> str | None:
     return " + ".join([preset, *changed])
 
 
+def arm(options: dict) -> dict:
+    """The options that name a run's arm: its preset and its data, SID and model options
+    (the ranker's left out). Stored with each evaluation, so the label is worked out against
+    the presets of the day: when a preset takes up an option (PrefixMem on, say), the runs
+    trained before it read `preset + prefixmem=False` instead of passing for the new preset."""
+    out = {"run": {"preset": options.get("run", {}).get("preset")}}
+    for section in SECTIONS:
+        given = options.get(section, {})
+        out[section] = {k: v for k, v in given.items() if not k.startswith("ranker")}
+    return out
+
+
+def label(res: dict) -> str | None:
+    """A stored evaluation's arm label: from its options where stored, else as stored."""
+    return preset_label(res["arm"]) if "arm" in res else res.get("preset")
+
+
 def summary(results: dict) -> dict:
     """The stored part of one `evaluate_run` result, plus the run's preset, seed and cost."""
     options = results.get("options", {})
     training = results.get("training") or {}
     row = {k: results[k] for k in KEEP if k in results}
     row.update({k: results[k] for k in KINDS if k in results})
-    row["preset"] = preset_label(options)
+    row["arm"] = arm(options)
+    row["preset"] = preset_label(options)  # as labelled on the day it was benched
     row["seed"] = options.get("training_arguments", {}).get("seed")
     row["train_seconds"] = training.get("train_seconds")
     row["best_step"] = training.get("best_step")
@@ -214,7 +235,7 @@ def _by_preset(done: dict) -> dict[str, dict[str, dict]]:
     for name, res in done.items():
         run, part, weight = name.split("|")
         w = float(weight.split("=")[1])
-        entry = out.setdefault(res.get("preset") or run, {}).setdefault(run, {})
+        entry = out.setdefault(label(res) or run, {}).setdefault(run, {})
         if part == "valid":
             entry.setdefault("valid", {})[w] = res
         elif part == "test" and w == 0:
@@ -396,6 +417,21 @@ def store(path: Path, name: str, entry: dict) -> dict:
     return done
 
 
+def store_arm(path: Path, run: str, options: dict) -> dict:
+    """Give the stored evaluations of `run` that were benched before arms were stored the
+    arm of the run's options (its `config.json`), under the same lock as `store`."""
+    from sid.artifacts import write_json_atomic
+
+    with _locked(path.parent):
+        done = json.loads(path.read_text()) if path.is_file() else {}
+        names = [n for n, res in done.items() if n.split("|")[0] == run and "arm" not in res]
+        for name in names:
+            done[name]["arm"] = arm(options)
+        if names:
+            write_json_atomic(path, done, indent=1)
+    return done
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="*", help="train.py run directories")
@@ -458,6 +494,8 @@ def main() -> None:
     for run in args.runs:
         run = str(Path(run))
         ranks = beam_weights if Path(run, "ranker", "config.json").is_file() else None
+        if args.json.is_file():
+            done = store_arm(args.json, run, json.loads(Path(run, "config.json").read_text()))
         redone: set[str] = set()
         while True:  # the test entries appear once the sweep that picks their weight is done
             todo = [

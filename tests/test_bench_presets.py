@@ -156,6 +156,38 @@ def test_an_ablation_arm_gets_its_own_label_and_rows(bench):
     assert "| `ml1m + prefixmem=True` (1) | excluded | beam | 0.3000" in table
 
 
+def test_a_stored_arm_is_labelled_against_the_presets_of_the_day(bench, tmp_path, monkeypatch):
+    from sid.run import arguments
+
+    off = {"run": {"preset": "ml1m"}, "model": {"prefixmem": False, "ranker_steps": 7}}
+    on = {"run": {"preset": "ml1m"}, "model": {"prefixmem": True}}
+    assert bench.arm(off)["model"] == {"prefixmem": False}  # the ranker names no arm
+    done = {
+        "runs/off|test|w=0": {**stored("ml1m", 0), "arm": bench.arm(off), "prior_weight": 0.0},
+        "runs/on|test|w=0": {
+            **stored("ml1m + prefixmem=True", 0),
+            "arm": bench.arm(on),
+            "prior_weight": 0.0,
+        },
+    }
+    assert set(bench._by_preset(done)) == {"ml1m", "ml1m + prefixmem=True"}
+    # the preset takes PrefixMem up: the run without it is the arm now, not the preset
+    presets = {**arguments.PRESETS, "ml1m": {**arguments.PRESETS["ml1m"], "prefixmem": True}}
+    monkeypatch.setattr(arguments, "PRESETS", presets)
+    assert set(bench._by_preset(done)) == {"ml1m + prefixmem=False", "ml1m"}
+    assert bench._by_preset(done)["ml1m"] == {
+        "runs/on": {"test0": done["runs/on|test|w=0"], "test": done["runs/on|test|w=0"]}
+    }
+    # entries benched before arms were stored get them from the run's options
+    path = tmp_path / "presets.json"
+    old = {k: {kk: vv for kk, vv in v.items() if kk != "arm"} for k, v in done.items()}
+    path.write_text(json.dumps(old))
+    after = bench.store_arm(path, "runs/on", on)
+    assert after["runs/on|test|w=0"]["arm"] == bench.arm(on)
+    assert "arm" not in after["runs/off|test|w=0"]
+    assert json.loads(path.read_text()) == after
+
+
 def test_benches_side_by_side_keep_each_others_entries(bench, tmp_path):
     import threading
 

@@ -22,6 +22,8 @@ For every run (leave-one-out, full ranking over the whole catalogue):
    targets of the first `--tune_users` users, history excluded, once per `--weights` value of
    `prior_weight` (the dense head's item scores inside the beam, at every level; 0 = the SID
    model alone). The weight with the best validation NDCG@10 is kept; test never takes part.
+   While the best is the largest weight tried, twice that weight is validated too (up to 16),
+   so the pick is never the edge of the grid.
 2. **Test, all users**, history excluded (the headline protocol): the beam alone (weight 0)
    and the beam with the chosen weight; the same rows also hold the dense head, popularity
    and per-level accuracy (teacher-forced and beam). History kept: the chosen weight again.
@@ -58,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without install
 
 KINDS = ("retrieval", "retrieval+ranking", "dense", "popularity")
+MAX_PRIOR_WEIGHT = 16.0
 KEEP = (
     "split",
     "users",
@@ -161,6 +164,24 @@ def chosen_weight(done: dict, run: str, weights: list[float]) -> float | None:
     return _best_on_validation(done, {w: f"{run}|valid|w={w:g}" for w in weights}, "retrieval")
 
 
+def weight_grid(done: dict, run: str, weights: list[float]) -> list[float]:
+    """The prior weights to validate: `weights`, then twice the largest for as long as the
+    largest is validation's best (up to `MAX_PRIOR_WEIGHT`), so the weight picked is not the
+    edge of the grid. The last weight may not be validated yet."""
+    grid = sorted(set(weights))
+    while True:
+        best = chosen_weight(done, run, grid)
+        if best is None or best != grid[-1] or not 0 < 2 * best <= MAX_PRIOR_WEIGHT:
+            return grid
+        grid.append(2 * best)
+
+
+def stale(stored: dict, options: dict) -> bool:
+    """A stored evaluation of another prior weight than planned: the ranking head's entries
+    after the validated prior weight moved (their names carry only the beam weight)."""
+    return "prior_weight" in options and stored.get("prior_weight") != options["prior_weight"]
+
+
 def chosen_beam_weight(done: dict, run: str, beam_weights: list[float]) -> float | None:
     """The ranking head's beam weight with the best validation NDCG@10 of the ranked list."""
     names = {bw: f"{run}|valid-rank|bw={bw:g}" for bw in beam_weights}
@@ -178,6 +199,7 @@ def plan(
     appear once the validation sweep that picks their weight is complete. `beam_weights`
     (a run with a ranking head): the head's sweep on validation, then its test entry."""
     plain = dict(rerank=False)
+    weights = weight_grid(done, run, weights)
     for w in weights:
         yield f"{run}|valid|w={w:g}", dict(split_name="valid", prior_weight=w, tune=True, **plain)
     best = chosen_weight(done, run, weights)
@@ -209,7 +231,8 @@ def plan(
             f"{run}|valid-rank|bw={bw:g}",
             dict(split_name="valid", beam_weight=bw, tune=True, **ranked),
         )
-    pick = chosen_beam_weight(done, run, beam_weights)
+    fresh = {n: r for n, r in done.items() if r.get("prior_weight") == best or "-rank|" not in n}
+    pick = chosen_beam_weight(fresh, run, beam_weights)
     if pick is not None:
         yield f"{run}|test-rank|bw={pick:g}", dict(split_name="test", beam_weight=pick, **ranked)
 
@@ -230,27 +253,44 @@ def _levels(rows: list[dict], kind: str) -> str:
 
 
 def _by_preset(done: dict) -> dict[str, dict[str, dict]]:
-    """preset → run → {"weight": w, "test": …, "test0": …, "kept": …, "curve": …}."""
+    """preset → run → {"valid": {w: …}, "test": …, "test0": …, "kept": …, "curve": …, "rank":
+    …}: the test entries are the ones at the prior weight validation picked (the largest
+    stored, for a run without validation entries)."""
     out: dict[str, dict[str, dict]] = {}
     for name, res in done.items():
         run, part, weight = name.split("|")
         w = float(weight.split("=")[1])
         entry = out.setdefault(label(res) or run, {}).setdefault(run, {})
-        if part == "valid":
-            entry.setdefault("valid", {})[w] = res
-        elif part == "test" and w == 0:
-            entry["test0"] = res
-            entry.setdefault("test", res)  # until a non-zero weight is stored
-        elif part == "test":
-            entry["test"] = res
-        elif part == "test-kept":
-            entry["kept"] = res
-        elif part == "curve":
-            entry["curve"] = res
-        elif part == "valid-rank":
-            entry.setdefault("valid_rank", {})[w] = res
-        elif part == "test-rank":
-            entry["rank"] = res
+        entry.setdefault(part, {})[w] = res
+    for runs in out.values():
+        for run, parts in runs.items():
+            valid = parts.get("valid", {})
+            tests = parts.get("test", {})
+            pool = valid or tests
+            best = (
+                max(sorted(pool), key=lambda w: pool[w]["retrieval"]["ndcg@10"]) if valid else None
+            )
+            if best is None and tests:
+                best = max(tests)
+            entry = {"valid": valid} if valid else {}
+            if 0.0 in tests:
+                entry["test0"] = tests[0.0]
+            for part, key in (("test", "test"), ("test-kept", "kept"), ("curve", "curve")):
+                if best in parts.get(part, {}):
+                    entry[key] = parts[part][best]
+            if "test" not in entry and 0.0 in tests:
+                entry["test"] = tests[0.0]  # until the picked weight's test is stored
+            ranked = {
+                bw: r
+                for bw, r in parts.get("valid-rank", {}).items()
+                if r.get("prior_weight") == best
+            }
+            if ranked:
+                entry["valid_rank"] = ranked
+            for r in parts.get("test-rank", {}).values():
+                if r.get("prior_weight") == best:
+                    entry["rank"] = r
+            runs[run] = entry
     return out
 
 
@@ -501,7 +541,7 @@ def main() -> None:
             todo = [
                 (n, o)
                 for n, o in plan(run, weights, done, args.curve_beams, ranks)
-                if n not in redone and (args.redo or n not in done)
+                if n not in redone and (args.redo or n not in done or stale(done[n], o))
             ]
             if not todo:
                 break

@@ -82,7 +82,7 @@ def test_end_to_end_on_a_trained_run(bench, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bench_presets.py", *argv])
     bench.main()
     done = json.loads(out.read_text())
-    best = bench.chosen_weight(done, str(run), [0.0, 1.0])
+    best = bench.chosen_weight(done, str(run), bench.weight_grid(done, str(run), [0.0, 1.0]))
     assert done[f"{run}|valid|w=0"]["users"] == 8
     assert done[f"{run}|valid|w=1"]["prior_weight"] == 1.0
     test = done[f"{run}|test|w=0"]
@@ -102,7 +102,8 @@ def test_end_to_end_on_a_trained_run(bench, tmp_path, monkeypatch):
 
 
 def test_the_ranking_heads_beam_weight_is_picked_on_validation_after_the_prior(bench):
-    done = {f"a|valid|w={w:g}": stored("p", 0, **{"ndcg@10": n}) for w, n in [(0, 0.1), (2, 0.2)]}
+    scores = [(0, 0.1), (2, 0.2), (4, 0.15)]  # 4: the grid goes past the best weight
+    done = {f"a|valid|w={w:g}": stored("p", 0, **{"ndcg@10": n}) for w, n in scores}
     names = [n for n, _ in bench.plan("a", [0.0, 2.0], done, 0, [0.0, 0.5])]
     assert names[-2:] == ["a|valid-rank|bw=0", "a|valid-rank|bw=0.5"]  # no test-rank yet
     opts = dict(bench.plan("a", [0.0, 2.0], done, 0, [0.0, 0.5]))
@@ -111,7 +112,7 @@ def test_the_ranking_heads_beam_weight_is_picked_on_validation_after_the_prior(b
     )
     assert opts["a|test|w=2"]["rerank"] is False
     for bw, n in [(0.0, 0.3), (0.5, 0.25)]:
-        done[f"a|valid-rank|bw={bw:g}"] = {"retrieval+ranking": {"ndcg@10": n}}
+        done[f"a|valid-rank|bw={bw:g}"] = {"retrieval+ranking": {"ndcg@10": n}, "prior_weight": 2}
     opts = dict(bench.plan("a", [0.0, 2.0], done, 0, [0.0, 0.5]))
     assert opts["a|test-rank|bw=0"] == dict(
         split_name="test", beam_weight=0.0, prior_weight=2.0, rerank=True
@@ -124,11 +125,48 @@ def test_the_ranking_heads_beam_weight_is_picked_on_validation_after_the_prior(b
         **stored("p", 0, **{"ndcg@10": 0.20}),
         "retrieval+ranking": {"recall@10": 0.3, "ndcg@10": 0.22, "recall@20": 0.4, "ndcg@20": 0.25},
         "beam_weight": 0.0,
+        "prior_weight": 2.0,
     }
     table = bench.tables(done)
     row = next(line for line in table.splitlines() if "ranking head |" in line)
     assert "| 0.3000 | 0.2200 |" in row
     assert "NDCG@10 over its own beam +10.0%" in table
+
+
+def test_the_prior_weight_grid_goes_past_validations_best(bench):
+    def valid(*scores):
+        return {f"a|valid|w={w:g}": stored("p", 0, **{"ndcg@10": n}) for w, n in scores}
+
+    done = valid((0, 0.1), (1, 0.2), (2, 0.3))
+    assert bench.weight_grid(done, "a", [0.0, 1.0, 2.0]) == [0.0, 1.0, 2.0, 4.0]
+    names = [n for n, _ in bench.plan("a", [0.0, 1.0, 2.0], done, 0)]
+    assert names[-1] == "a|valid|w=4" and not any("test" in n for n in names)  # 4 first
+    done |= valid((4, 0.35), (8, 0.34))
+    assert bench.weight_grid(done, "a", [0.0, 1.0, 2.0]) == [0.0, 1.0, 2.0, 4.0, 8.0]
+    assert bench.chosen_weight(done, "a", [0.0, 1.0, 2.0, 4.0, 8.0]) == 4.0
+    done |= valid((16, 0.4))
+    assert bench.weight_grid(done, "a", [16.0]) == [16.0]  # no further than MAX_PRIOR_WEIGHT
+    # the ranking head's entries of the old prior weight are stale: evaluated again
+    old = {"prior_weight": 2.0, "retrieval+ranking": {"ndcg@10": 0.5}}
+    done["a|valid-rank|bw=0"] = old
+    plan = dict(
+        bench.plan(
+            "a",
+            [0.0, 1.0, 2.0],
+            valid((0, 0.1), (1, 0.2), (2, 0.3), (4, 0.35), (8, 0.34)) | {"a|valid-rank|bw=0": old},
+            0,
+            [0.0],
+        )
+    )
+    assert plan["a|valid-rank|bw=0"]["prior_weight"] == 4.0
+    assert bench.stale(old, plan["a|valid-rank|bw=0"])
+    assert "a|test-rank|bw=0" not in plan
+    # the table reads the test entries at the picked weight, not the last stored
+    done = valid((0, 0.1), (2, 0.3), (4, 0.2))
+    for w, r in [(0, 0.1), (2, 0.2), (4, 0.9)]:
+        done[f"a|test|w={w}"] = {**stored("p", 0, **{"recall@10": r}), "prior_weight": float(w)}
+    prior = next(line for line in bench.tables(done).splitlines() if "beam + dense prior |" in line)
+    assert "| 0.2000 |" in prior
 
 
 def test_an_ablation_arm_gets_its_own_label_and_rows(bench):

@@ -11,7 +11,7 @@ Train each preset with two or more seeds, then score them all:
     # a ranking head on a trained run, then its rows (the beam weight picked on validation):
     python train.py --preset ml1m-large --seed 0 --run_dir runs/ml1m-large-s0 --ranker True \
         --ranker_dense_feature True --ranker_targets valid --ranker_exclude_history True \
-        --ranker_prior_weight W      # W: the prior weight validation picked for this run
+        --ranker_prior_weight W      # W: 0 (the plain SID beam) or the picked prior weight
     HF_HUB_OFFLINE=1 python benchmarks/bench_presets.py runs/ml1m-large-s0
     python benchmarks/bench_presets.py --table          # the Markdown table of BENCHMARKS.md
     python benchmarks/bench_presets.py --plot benchmarks/figures/presets_recall_at_k.png
@@ -29,10 +29,13 @@ For every run (leave-one-out, full ranking over the whole catalogue):
    and per-level accuracy (teacher-forced and beam). History kept: the chosen weight again.
 3. `--curve_beams N` (default 100): the chosen weight once more with N beams and the top N
    candidates, for the Recall@K curve (K = 1 … N) of `--plot`.
-4. **The ranking head**, for a run that has one (`RUN/ranker`): the beam with the chosen
-   prior weight, its candidates ranked by the head, once per `--beam_weights` value (the
+4. **The ranking head**, for a run that has one (`RUN/ranker`): the beam searched with the
+   prior weight the head was trained on (`--ranker_prior_weight`; its lists are what it
+   learnt to rank), its candidates ranked by the head, once per `--beam_weights` value (the
    beam probability's share in the ranked score) on the same validation users; the best
-   NDCG@10 of the ranked list is scored on test, beside the beam it rescored. A head
+   NDCG@10 of the ranked list is scored on test, beside the beam it rescored. Entries are
+   named by that prior weight (`RUN|valid-rank@w=0|bw=0.5`), so heads retrained on another
+   beam keep the earlier heads' rows. A head
    trained with `--ranker_targets valid` learns from the validation targets of the users
    after the first `--ranker_tune_users` (2,000, as `--tune_users` here), so none of the
    users that pick a weight was seen by it.
@@ -176,15 +179,12 @@ def weight_grid(done: dict, run: str, weights: list[float]) -> list[float]:
         grid.append(2 * best)
 
 
-def stale(stored: dict, options: dict) -> bool:
-    """A stored evaluation of another prior weight than planned: the ranking head's entries
-    after the validated prior weight moved (their names carry only the beam weight)."""
-    return "prior_weight" in options and stored.get("prior_weight") != options["prior_weight"]
-
-
-def chosen_beam_weight(done: dict, run: str, beam_weights: list[float]) -> float | None:
-    """The ranking head's beam weight with the best validation NDCG@10 of the ranked list."""
-    names = {bw: f"{run}|valid-rank|bw={bw:g}" for bw in beam_weights}
+def chosen_beam_weight(
+    done: dict, run: str, beam_weights: list[float], prior_weight: float
+) -> float | None:
+    """The ranking head's beam weight with the best validation NDCG@10 of the ranked list of
+    the beam searched with `prior_weight`."""
+    names = {bw: f"{run}|valid-rank@w={prior_weight:g}|bw={bw:g}" for bw in beam_weights}
     return _best_on_validation(done, names, "retrieval+ranking")
 
 
@@ -194,10 +194,13 @@ def plan(
     done: dict,
     curve_beams: int,
     beam_weights: list[float] | None = None,
+    rank_prior: float | None = None,
 ):
     """(name, evaluate_run options) still to run for `run`, in order; the test entries
     appear once the validation sweep that picks their weight is complete. `beam_weights`
-    (a run with a ranking head): the head's sweep on validation, then its test entry."""
+    (a run with a ranking head): the head's sweep on validation, then its test entry, on the
+    beam searched with `rank_prior` (the prior weight the head was trained on; None: the
+    weight validation picked), and that beam's own test entry to compare with."""
     plain = dict(rerank=False)
     weights = weight_grid(done, run, weights)
     for w in weights:
@@ -225,16 +228,21 @@ def plan(
         )
     if not beam_weights:
         return
-    ranked = dict(prior_weight=best, rerank=True)
+    pw = best if rank_prior is None else rank_prior
+    if pw not in (0, best):
+        yield f"{run}|test|w={pw:g}", dict(split_name="test", prior_weight=pw, **plain)
+    ranked = dict(prior_weight=pw, rerank=True)
     for bw in beam_weights:
         yield (
-            f"{run}|valid-rank|bw={bw:g}",
+            f"{run}|valid-rank@w={pw:g}|bw={bw:g}",
             dict(split_name="valid", beam_weight=bw, tune=True, **ranked),
         )
-    fresh = {n: r for n, r in done.items() if r.get("prior_weight") == best or "-rank|" not in n}
-    pick = chosen_beam_weight(fresh, run, beam_weights)
+    pick = chosen_beam_weight(done, run, beam_weights, pw)
     if pick is not None:
-        yield f"{run}|test-rank|bw={pick:g}", dict(split_name="test", beam_weight=pick, **ranked)
+        yield (
+            f"{run}|test-rank@w={pw:g}|bw={pick:g}",
+            dict(split_name="test", beam_weight=pick, **ranked),
+        )
 
 
 def _mean_spread(values: list[float]) -> str:
@@ -253,26 +261,30 @@ def _levels(rows: list[dict], kind: str) -> str:
 
 
 def _by_preset(done: dict) -> dict[str, dict[str, dict]]:
-    """preset → run → {"valid": {w: …}, "test": …, "test0": …, "kept": …, "curve": …, "rank":
-    …}: the test entries are the ones at the prior weight validation picked (the largest
-    stored, for a run without validation entries)."""
+    """preset → run → {"valid": {w: …}, "best": w, "test": …, "test0": …, "kept": …, "curve":
+    …, "rank": {w: …}, "valid_rank": {w: {bw: …}}}: the test entries are the ones at the prior
+    weight validation picked (the largest stored, for a run without validation entries); the
+    ranking head's, per prior weight of the beam it ranked."""
     out: dict[str, dict[str, dict]] = {}
     for name, res in done.items():
         run, part, weight = name.split("|")
         w = float(weight.split("=")[1])
+        part, _, prior = part.partition("@w=")
         entry = out.setdefault(label(res) or run, {}).setdefault(run, {})
-        entry.setdefault(part, {})[w] = res
+        if part.endswith("-rank"):
+            pw = float(prior) if prior else float(res.get("prior_weight") or 0.0)
+            entry.setdefault(part, {}).setdefault(pw, {})[w] = res
+        else:
+            entry.setdefault(part, {})[w] = res
     for runs in out.values():
         for run, parts in runs.items():
             valid = parts.get("valid", {})
             tests = parts.get("test", {})
-            pool = valid or tests
-            best = (
-                max(sorted(pool), key=lambda w: pool[w]["retrieval"]["ndcg@10"]) if valid else None
-            )
-            if best is None and tests:
-                best = max(tests)
-            entry = {"valid": valid} if valid else {}
+            if valid:
+                best = max(sorted(valid), key=lambda w: valid[w]["retrieval"]["ndcg@10"])
+            else:
+                best = max(tests) if tests else None
+            entry = {"valid": valid, "best": best} if valid else {"best": best}
             if 0.0 in tests:
                 entry["test0"] = tests[0.0]
             for part, key in (("test", "test"), ("test-kept", "kept"), ("curve", "curve")):
@@ -280,16 +292,14 @@ def _by_preset(done: dict) -> dict[str, dict[str, dict]]:
                     entry[key] = parts[part][best]
             if "test" not in entry and 0.0 in tests:
                 entry["test"] = tests[0.0]  # until the picked weight's test is stored
-            ranked = {
-                bw: r
-                for bw, r in parts.get("valid-rank", {}).items()
-                if r.get("prior_weight") == best
-            }
-            if ranked:
-                entry["valid_rank"] = ranked
-            for r in parts.get("test-rank", {}).values():
-                if r.get("prior_weight") == best:
-                    entry["rank"] = r
+            entry["valid_rank"] = parts.get("valid-rank", {})
+            entry["rank"] = {}
+            for pw, by_bw in parts.get("test-rank", {}).items():
+                sweep = entry["valid_rank"].get(pw, {})
+                score = {bw: r["retrieval+ranking"]["ndcg@10"] for bw, r in sweep.items()}
+                pick = max(sorted(score), key=score.get) if score else max(by_bw)
+                if pick in by_bw:  # the test entry of the beam weight validation picked
+                    entry["rank"][pw] = by_bw[pick]
             runs[run] = entry
     return out
 
@@ -313,13 +323,13 @@ def tables(done: dict) -> str:
             (
                 "excluded",
                 "beam + ranking head",
-                [e["test"] for e in entries if "retrieval+ranking" in e["test"]],
+                [e["rank"][0.0] for e in entries if 0.0 in e["rank"]],
                 "retrieval+ranking",
             ),
             (
                 "excluded",
                 "beam + dense prior + ranking head",
-                [e["rank"] for e in entries if "rank" in e],
+                [e["rank"][e["best"]] for e in entries if e["best"] and e["best"] in e["rank"]],
                 "retrieval+ranking",
             ),
             ("excluded", "dense head", [e["test"] for e in entries], "dense"),
@@ -372,21 +382,22 @@ def tables(done: dict) -> str:
             note += f"; best validated step / steps run {', '.join(steps)}"
         if lat:
             note += f"; beam {', '.join(f'{x:.1f}' for x in lat)} ms per user"
-        ranked = [e["rank"] for e in entries if "rank" in e]
-        if ranked:
+        for pw in sorted({pw for e in entries for pw in e["rank"]}):
+            ranked = [e["rank"][pw] for e in entries if pw in e["rank"]]
             lifts = [
                 r["retrieval+ranking"]["ndcg@10"] / r["retrieval"]["ndcg@10"] - 1 for r in ranked
             ]
             picked = ", ".join(f"{r.get('beam_weight') or 0.0:g}" for r in ranked)
             note += (
-                f"; ranking head: beam weights chosen on validation {picked}, NDCG@10 over "
-                f"its own beam {', '.join(f'{x:+.1%}' for x in lifts)}"
+                f"; ranking head on the beam with prior weight {pw:g}: beam weights chosen on "
+                f"validation {picked}, NDCG@10 over its own beam "
+                f"{', '.join(f'{x:+.1%}' for x in lifts)}"
             )
             for run, e in runs.items():
-                if "valid_rank" in e:
+                if pw in e.get("valid_rank", {}):
                     sweep = ", ".join(
                         f"{bw:g}: {r['retrieval+ranking']['ndcg@10']:.4f}"
-                        for bw, r in sorted(e["valid_rank"].items())
+                        for bw, r in sorted(e["valid_rank"][pw].items())
                     )
                     note += f" ({Path(run).name} validation NDCG@10 per beam weight: {sweep})"
         notes.append(note + ".")
@@ -534,14 +545,16 @@ def main() -> None:
     for run in args.runs:
         run = str(Path(run))
         ranks = beam_weights if Path(run, "ranker", "config.json").is_file() else None
+        config = json.loads(Path(run, "config.json").read_text())
+        rank_prior = config.get("model", {}).get("ranker_prior_weight") if ranks else None
         if args.json.is_file():
-            done = store_arm(args.json, run, json.loads(Path(run, "config.json").read_text()))
+            done = store_arm(args.json, run, config)
         redone: set[str] = set()
         while True:  # the test entries appear once the sweep that picks their weight is done
             todo = [
                 (n, o)
-                for n, o in plan(run, weights, done, args.curve_beams, ranks)
-                if n not in redone and (args.redo or n not in done or stale(done[n], o))
+                for n, o in plan(run, weights, done, args.curve_beams, ranks, rank_prior)
+                if n not in redone and (args.redo or n not in done)
             ]
             if not todo:
                 break

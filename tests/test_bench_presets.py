@@ -90,12 +90,14 @@ def test_end_to_end_on_a_trained_run(bench, tmp_path, monkeypatch):
     assert done[f"{run}|test-kept|w={best:g}"]["exclude_history"] is False
     assert len(done[f"{run}|curve|w={best:g}"]["recall_curve"]["retrieval"]) == 8
     # the run has a ranking head: its beam weight picked on validation, then scored on test
-    bw = bench.chosen_beam_weight(done, str(run), [0.0, 0.5])
-    assert done[f"{run}|valid-rank|bw=0.5"]["beam_weight"] == 0.5
-    ranked = done[f"{run}|test-rank|bw={bw:g}"]
-    assert ranked["prior_weight"] == best and "retrieval+ranking" in ranked
+    prior = json.loads((run / "config.json").read_text())["model"]["ranker_prior_weight"]
+    bw = bench.chosen_beam_weight(done, str(run), [0.0, 0.5], prior)
+    assert done[f"{run}|valid-rank@w={prior:g}|bw=0.5"]["beam_weight"] == 0.5
+    ranked = done[f"{run}|test-rank@w={prior:g}|bw={bw:g}"]
+    assert ranked["prior_weight"] == prior and "retrieval+ranking" in ranked
     assert "retrieval+ranking" not in test  # the rows without the head are not reranked
-    assert "beam + dense prior + ranking head" in bench.tables(done)
+    shown = "beam + ranking head" if prior == 0 else "beam + dense prior + ranking head"
+    assert f"| {shown} |" in bench.tables(done)
     assert "`None`" not in bench.tables(done)
     bench.plot(done, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 0
@@ -105,23 +107,26 @@ def test_the_ranking_heads_beam_weight_is_picked_on_validation_after_the_prior(b
     scores = [(0, 0.1), (2, 0.2), (4, 0.15)]  # 4: the grid goes past the best weight
     done = {f"a|valid|w={w:g}": stored("p", 0, **{"ndcg@10": n}) for w, n in scores}
     names = [n for n, _ in bench.plan("a", [0.0, 2.0], done, 0, [0.0, 0.5])]
-    assert names[-2:] == ["a|valid-rank|bw=0", "a|valid-rank|bw=0.5"]  # no test-rank yet
+    assert names[-2:] == ["a|valid-rank@w=2|bw=0", "a|valid-rank@w=2|bw=0.5"]  # no test-rank yet
     opts = dict(bench.plan("a", [0.0, 2.0], done, 0, [0.0, 0.5]))
-    assert opts["a|valid-rank|bw=0.5"] == dict(
+    assert opts["a|valid-rank@w=2|bw=0.5"] == dict(
         split_name="valid", beam_weight=0.5, tune=True, prior_weight=2.0, rerank=True
     )
     assert opts["a|test|w=2"]["rerank"] is False
     for bw, n in [(0.0, 0.3), (0.5, 0.25)]:
-        done[f"a|valid-rank|bw={bw:g}"] = {"retrieval+ranking": {"ndcg@10": n}, "prior_weight": 2}
+        done[f"a|valid-rank@w=2|bw={bw:g}"] = {
+            "retrieval+ranking": {"ndcg@10": n},
+            "prior_weight": 2,
+        }
     opts = dict(bench.plan("a", [0.0, 2.0], done, 0, [0.0, 0.5]))
-    assert opts["a|test-rank|bw=0"] == dict(
+    assert opts["a|test-rank@w=2|bw=0"] == dict(
         split_name="test", beam_weight=0.0, prior_weight=2.0, rerank=True
     )
     # without a head: no ranking entries
     assert not any("rank" in n for n, _ in bench.plan("a", [0.0, 2.0], done, 0, None))
     done["a|test|w=0"] = {**stored("p", 0, **{"ndcg@10": 0.10}), "prior_weight": 0.0}
     done["a|test|w=2"] = {**stored("p", 0, **{"ndcg@10": 0.20}), "prior_weight": 2.0}
-    done["a|test-rank|bw=0"] = {
+    done["a|test-rank@w=2|bw=0"] = {
         **stored("p", 0, **{"ndcg@10": 0.20}),
         "retrieval+ranking": {"recall@10": 0.3, "ndcg@10": 0.22, "recall@20": 0.4, "ndcg@20": 0.25},
         "beam_weight": 0.0,
@@ -131,6 +136,27 @@ def test_the_ranking_heads_beam_weight_is_picked_on_validation_after_the_prior(b
     row = next(line for line in table.splitlines() if "ranking head |" in line)
     assert "| 0.3000 | 0.2200 |" in row
     assert "NDCG@10 over its own beam +10.0%" in table
+    # a head on the plain beam (trained on its lists) gets the row beside the beam alone
+    for bw, n in [(0.0, 0.12), (0.5, 0.11)]:
+        done[f"a|valid-rank@w=0|bw={bw:g}"] = {
+            "retrieval+ranking": {"ndcg@10": n},
+            "prior_weight": 0,
+            "preset": "p",
+        }
+    for bw, n in [(0.0, 0.12), (0.5, 0.5)]:  # bw=0.5: not validation's pick, not shown
+        done[f"a|test-rank@w=0|bw={bw:g}"] = {
+            **stored("p", 0, **{"ndcg@10": 0.10}),
+            "retrieval+ranking": {"recall@10": 0.2, "ndcg@10": n, "recall@20": 0.3, "ndcg@20": n},
+            "beam_weight": bw,
+            "prior_weight": 0.0,
+        }
+    table = bench.tables(done)
+    row = next(line for line in table.splitlines() if "| beam + ranking head |" in line)
+    assert "| 0.2000 | 0.1200 |" in row
+    assert (
+        "prior weight 0: beam weights chosen on validation 0, NDCG@10 over its own beam +20.0%"
+        in table
+    )
 
 
 def test_the_prior_weight_grid_goes_past_validations_best(bench):
@@ -146,21 +172,13 @@ def test_the_prior_weight_grid_goes_past_validations_best(bench):
     assert bench.chosen_weight(done, "a", [0.0, 1.0, 2.0, 4.0, 8.0]) == 4.0
     done |= valid((16, 0.4))
     assert bench.weight_grid(done, "a", [16.0]) == [16.0]  # no further than MAX_PRIOR_WEIGHT
-    # the ranking head's entries of the old prior weight are stale: evaluated again
-    old = {"prior_weight": 2.0, "retrieval+ranking": {"ndcg@10": 0.5}}
-    done["a|valid-rank|bw=0"] = old
-    plan = dict(
-        bench.plan(
-            "a",
-            [0.0, 1.0, 2.0],
-            valid((0, 0.1), (1, 0.2), (2, 0.3), (4, 0.35), (8, 0.34)) | {"a|valid-rank|bw=0": old},
-            0,
-            [0.0],
-        )
-    )
-    assert plan["a|valid-rank|bw=0"]["prior_weight"] == 4.0
-    assert bench.stale(old, plan["a|valid-rank|bw=0"])
-    assert "a|test-rank|bw=0" not in plan
+    # a head trained on the plain beam's lists ranks the plain beam, beside the prior's
+    done = valid((0, 0.1), (1, 0.2), (2, 0.3), (4, 0.35), (8, 0.34))
+    plan = dict(bench.plan("a", [0.0, 1.0, 2.0], done, 0, [0.0], rank_prior=0.0))
+    assert plan["a|valid-rank@w=0|bw=0"]["prior_weight"] == 0.0
+    assert "a|test|w=0" in plan and "a|test|w=4" in plan
+    plan = dict(bench.plan("a", [0.0, 1.0, 2.0], done, 0, [0.0], rank_prior=1.0))
+    assert plan["a|test|w=1"]["prior_weight"] == 1.0  # that beam's own test row
     # the table reads the test entries at the picked weight, not the last stored
     done = valid((0, 0.1), (2, 0.3), (4, 0.2))
     for w, r in [(0, 0.1), (2, 0.2), (4, 0.9)]:
@@ -213,9 +231,8 @@ def test_a_stored_arm_is_labelled_against_the_presets_of_the_day(bench, tmp_path
     presets = {**arguments.PRESETS, "ml1m": {**arguments.PRESETS["ml1m"], "prefixmem": True}}
     monkeypatch.setattr(arguments, "PRESETS", presets)
     assert set(bench._by_preset(done)) == {"ml1m + prefixmem=False", "ml1m"}
-    assert bench._by_preset(done)["ml1m"] == {
-        "runs/on": {"test0": done["runs/on|test|w=0"], "test": done["runs/on|test|w=0"]}
-    }
+    on_entry = bench._by_preset(done)["ml1m"]["runs/on"]
+    assert on_entry["test0"] is on_entry["test"] is done["runs/on|test|w=0"]
     # entries benched before arms were stored get them from the run's options
     path = tmp_path / "presets.json"
     old = {k: {kk: vv for kk, vv in v.items() if kk != "arm"} for k, v in done.items()}

@@ -179,6 +179,12 @@ def weight_grid(done: dict, run: str, weights: list[float]) -> list[float]:
         grid.append(2 * best)
 
 
+def fresh(name: str, stored: dict, ranker_key: str | None) -> bool:
+    """False for a ranking-head entry of another head than the run's (`ranker_key`, its
+    stage key in `stages.json`): the run's head was retrained since."""
+    return "-rank@" not in name or stored.get("ranker_key") == ranker_key
+
+
 def chosen_beam_weight(
     done: dict, run: str, beam_weights: list[float], prior_weight: float
 ) -> float | None:
@@ -547,14 +553,19 @@ def main() -> None:
         ranks = beam_weights if Path(run, "ranker", "config.json").is_file() else None
         config = json.loads(Path(run, "config.json").read_text())
         rank_prior = config.get("model", {}).get("ranker_prior_weight") if ranks else None
+        # the head the run holds now: entries of an earlier head of the run are evaluated again
+        ranker_key = (
+            json.loads(Path(run, "stages.json").read_text()).get("ranker") if ranks else None
+        )
         if args.json.is_file():
             done = store_arm(args.json, run, config)
         redone: set[str] = set()
         while True:  # the test entries appear once the sweep that picks their weight is done
+            current = {n: r for n, r in done.items() if fresh(n, r, ranker_key)}
             todo = [
                 (n, o)
-                for n, o in plan(run, weights, done, args.curve_beams, ranks, rank_prior)
-                if n not in redone and (args.redo or n not in done)
+                for n, o in plan(run, weights, current, args.curve_beams, ranks, rank_prior)
+                if n not in redone and (args.redo or n not in current)
             ]
             if not todo:
                 break
@@ -568,7 +579,10 @@ def main() -> None:
                 write_report=False,
                 **options,
             )
-            done = store(args.json, name, summary(results))
+            row = summary(results)
+            if "-rank@" in name:
+                row["ranker_key"] = ranker_key
+            done = store(args.json, name, row)
             redone.add(name)
             head = results["retrieval"]
             print(

@@ -25,6 +25,7 @@ from torch import LongTensor
 
 from sid.ranking import (
     RankingHead,
+    _weight_vector,
     beam_score_features,
     candidate_embeddings,
     encode_history,
@@ -129,6 +130,7 @@ def train_ranker(
     prior=None,
     prior_weight: float = 0.0,
     exclude_history: bool = False,
+    list_loss_weight: float = 1.0,
 ) -> dict:
     """Train ``head`` on next-item examples of the train split; the LM stays frozen.
 
@@ -153,6 +155,13 @@ def train_ranker(
     log-prob of each candidate: pass ``prior`` (the run's dense head), and ``prior_weight``
     to train on the lists of a beam searched with that dense prior, as served.
 
+    On lists, the per-candidate cross-entropy is joined by a listwise one
+    (``list_loss_weight`` times it): the softmax over the list of the log of the score the
+    head is served by (``sum_o w_o P(o)``, the default outcome weights of
+    :func:`~sid.ranking.rank_candidates`) must put the positive first. The per-candidate loss
+    alone learns each class's probability but never compares candidates, and measured on
+    ML-1M its order of the plain beam's lists was worse than the beam's own (BENCHMARKS.md).
+
     Args:
         examples: :class:`RankingExamples` or a :class:`~sid.data.LeaveOneOutSplit` (its
             train part is used).
@@ -173,6 +182,8 @@ def train_ranker(
             ``score_features=2`` and by ``prior_weight > 0``.
         exclude_history: the beam lists of a head with ``score_features`` leave the history
             out, as served with history excluded.
+        list_loss_weight: weight of the listwise loss on lists (0: the per-candidate loss
+            alone).
 
     Returns:
         dict with ``losses`` (per step), ``first_loss``/``final_loss`` (means of the first and
@@ -203,6 +214,8 @@ def train_ranker(
         )
     if list_oversample < 1:
         raise ValueError(f"list_oversample must be >= 1, got {list_oversample}")
+    if not (math.isfinite(list_loss_weight) and list_loss_weight >= 0):
+        raise ValueError(f"list_loss_weight must be a finite number >= 0, got {list_loss_weight}")
     if (head.config.score_features >= 2 or prior_weight > 0) and prior is None and beam_fn is None:
         raise ValueError(
             "a head that reads the dense head's scores (score_features=2) or a beam with a "
@@ -231,6 +244,7 @@ def train_ranker(
     positions_t = torch.from_numpy(positions)
     all_items, all_outcomes = torch.from_numpy(data.items), torch.from_numpy(data.outcomes)
     none_class = len(vocab.outcomes)
+    served = _weight_vector(head, None).to(device)  # the outcome weights it is ranked by
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
@@ -304,9 +318,12 @@ def train_ranker(
                     beams.history_states[rows], mask[rows], embeds,
                     scores=features.to(device),
                 )  # fmt: skip
+                labels = labels.to(device)
                 loss = F.cross_entropy(
-                    logits.flatten(0, 1).float(), labels.flatten().to(device), ignore_index=-100
+                    logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100
                 )
+                if list_loss_weight > 0:
+                    loss = loss + list_loss_weight * _list_loss(logits, labels, served, none_class)
                 update(loss)
                 continue
             with torch.no_grad():
@@ -360,6 +377,18 @@ def train_ranker(
     if lists:
         stats["list_hit_rate"] = hits / max(1, beamed)
     return stats
+
+
+def _list_loss(logits, labels, weights, none_class: int):
+    """Listwise cross-entropy: per list, -log softmax over its candidates of
+    ``log sum_o w_o P(o)`` (the served score) at the positive. logits [b, C, O + 1], labels
+    [b, C] (-100: no candidate; every list holds one positive)."""
+    valid = labels != -100
+    log_p = logits.float().log_softmax(-1)  # [b, C, O + 1]
+    log_w = weights.clamp_min(1e-12).log().where(weights > 0, float("-inf"))
+    score = (log_p + log_w).logsumexp(-1).where(valid, float("-inf"))  # log of the served score
+    positive = (valid & (labels != none_class)).float().argmax(-1)
+    return F.cross_entropy(score, positive)
 
 
 def _beam_list_batch(

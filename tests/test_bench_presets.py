@@ -78,7 +78,7 @@ def test_end_to_end_on_a_trained_run(bench, tmp_path, monkeypatch):
     )
     out = tmp_path / "bench.json"
     argv = [str(run), "--json", str(out), "--weights", "0,1", "--tune_users", "8"]
-    argv += ["--num_beams", "6", "--top_k", "6", "--curve_beams", "8"]
+    argv += ["--num_beams", "6", "--top_k", "6", "--curve_beams", "8", "--beam_weights", "0,0.5"]
     monkeypatch.setattr(sys, "argv", ["bench_presets.py", *argv])
     bench.main()
     done = json.loads(out.read_text())
@@ -262,3 +262,10 @@ def test_benches_side_by_side_keep_each_others_entries(bench, tmp_path):
     for t in threads:
         t.join()
     assert len(json.loads(path.read_text())) == 3 + 50
+
+
+def test_a_retrained_ranking_head_is_evaluated_again(bench):
+    assert bench.fresh("a|valid|w=0", {}, "k2")  # not a head's entry
+    assert bench.fresh("a|valid-rank@w=0|bw=0", {"ranker_key": "k2"}, "k2")
+    assert not bench.fresh("a|valid-rank@w=0|bw=0", {"ranker_key": "k1"}, "k2")
+    assert not bench.fresh("a|test-rank@w=0|bw=0", {}, "k2")  # stored before keys were kept

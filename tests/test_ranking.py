@@ -666,3 +666,48 @@ def test_validation_target_examples_take_the_whole_train_sequence_and_never_test
         RankingExamples.from_split(split, "test")
     with pytest.raises(ValueError, match="users"):
         RankingExamples.from_split(split, "valid", users=[3])
+
+
+def test_list_loss_is_the_softmax_over_the_list_of_the_served_score():
+    from sid.ranking_training import _list_loss
+
+    # two classes (like, none); the served score is P(like)
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 0.0], [5.0, 0.0], [9.0, 0.0]]])
+    labels = torch.tensor([[1, 0, 1, -100]])  # positive: candidate 1; candidate 3 missing
+    weights = torch.tensor([1.0, 0.0])
+    p_like = logits.log_softmax(-1)[0, :3, 0]
+    expected = -(p_like.log_softmax(-1)[1])
+    assert torch.allclose(_list_loss(logits, labels, weights, 1), expected)
+    # putting the positive first lowers it; the missing candidate counts for nothing
+    better = logits.clone()
+    better[0, 1, 0] = 8.0
+    assert _list_loss(better, labels, weights, 1) < _list_loss(logits, labels, weights, 1)
+    changed = logits.clone()
+    changed[0, 3, 0] = -9.0
+    assert torch.equal(
+        _list_loss(changed, labels, weights, 1), _list_loss(logits, labels, weights, 1)
+    )
+
+
+def test_a_head_trained_with_the_listwise_loss_learns_the_dense_order():
+    lm, vocab, sids = make_setup(n_items=40)
+    prior = _Prior(40, 32, seed=3)
+    examples, _, _, _ = _dense_target_examples(lm, vocab, sids, prior, 64, seed=0)
+    _, ids, mask, targets = _dense_target_examples(lm, vocab, sids, prior, 40, seed=1)
+    head = make_head(seed=0, dropout=0.0, score_features=2)
+    stats = train_ranker(
+        head, lm, vocab, sids, examples, steps=120, batch_size=16, lr=5e-3,
+        n_random_negatives=0, n_beam_negatives=12, beam_outcome="like", seed=0,
+        progress=False, prior=prior, list_loss_weight=1.0,
+    )  # fmt: skip
+    assert stats["final_loss"] < 0.5 * stats["first_loss"]
+    out = retrieve_and_rank(
+        lm, vocab, sids, head, ids, mask, prior=prior, beam_weight=0.0,
+        beam=BeamSearchConfig(num_beams=12, outcome="like", slots=1),
+    )  # fmt: skip
+    ranks = (out.items == targets[:, None]).float().argmax(-1)
+    assert float((1.0 / (1 + ranks)).mean()) > 0.8
+    with pytest.raises(ValueError, match="list_loss_weight"):
+        train_ranker(make_head(score_features=2), lm, vocab, sids, examples, steps=1, prior=prior,
+                     n_random_negatives=0, n_beam_negatives=12, list_loss_weight=-1.0,
+                     progress=False)  # fmt: skip

@@ -244,6 +244,13 @@ class ModelArguments:
             "(serve with the same --prior_weight)."
         },
     )
+    ranker_list_loss: float = field(
+        default=library_default(train_ranker, "list_loss_weight"),
+        metadata={
+            "help": "Ranking head on beam lists: weight of the listwise loss (the served score's "
+            "softmax over the list at the positive) beside the per-candidate one; 0: off."
+        },
+    )
     ranker_exclude_history: bool = field(
         default=library_default(train_ranker, "exclude_history"),
         metadata={"help": "Ranking head: its beam lists leave the history out, as served."},
@@ -660,6 +667,12 @@ def validate_arguments(
             math.isfinite(margs.ranker_prior_weight) and margs.ranker_prior_weight >= 0,
             "ranker_prior_weight",
             margs.ranker_prior_weight,
+            "a finite number >= 0",
+        )
+        need(
+            math.isfinite(margs.ranker_list_loss) and margs.ranker_list_loss >= 0,
+            "ranker_list_loss",
+            margs.ranker_list_loss,
             "a finite number >= 0",
         )
         if margs.ranker_dense_feature or margs.ranker_prior_weight > 0:

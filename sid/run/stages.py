@@ -584,6 +584,7 @@ def ranker_stage(
         margs.ranker_tune_users if margs.ranker_targets == "valid" else None,
         margs.ranker_prior_weight,
         margs.ranker_exclude_history,
+        margs.ranker_list_loss,
         seed,
     )
     if run.fresh("ranker", key, "ranker/config.json"):
@@ -623,6 +624,7 @@ def ranker_stage(
         prior=rec.dense if margs.ranker_dense_feature or margs.ranker_prior_weight > 0 else None,
         prior_weight=margs.ranker_prior_weight,
         exclude_history=margs.ranker_exclude_history,
+        list_loss_weight=margs.ranker_list_loss,
     )
     head.save_pretrained(run.staging / "ranker")
     # which model the head was trained on: eval refuses a head that belongs to another model

@@ -190,13 +190,18 @@ class RankingHead(nn.Module):
             self.score_proj = nn.Linear(F_, D)
             nn.init.zeros_(self.score_proj.weight)
             nn.init.zeros_(self.score_proj.bias)
-            # skip path: every outcome logit starts as the first score (the beam log-prob),
-            # "none" at 0, so P(interaction) starts monotone in the retrieval score
+            # skip path: every outcome logit starts as the sum of the scores (the beam log-prob,
+            # plus the dense log-prob where read: the log of the product of the two
+            # probabilities renormalised over the list), "none" at 0, so P(interaction)
+            # starts monotone in that sum. A head trained for a few hundred steps at a small
+            # learning rate moves these weights by tenths at most, so the start must already
+            # be a good fusion: on ML-1M the dense column started at 0 stayed near it, and the
+            # head ranked the plain beam's lists worse than the beam (BENCHMARKS.md).
             self.score_skip = nn.Linear(F_, config.num_classes)
             with torch.no_grad():
                 self.score_skip.weight.zero_()
                 self.score_skip.bias.zero_()
-                self.score_skip.weight[: len(config.outcomes), 0] = 1.0
+                self.score_skip.weight[: len(config.outcomes)] = 1.0
 
     @property
     def outcomes(self) -> list[str]:

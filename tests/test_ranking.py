@@ -579,12 +579,40 @@ def test_score_features_with_dense_scores_renormalise_each_column():
         beam_score_features(beam, valid, dense[:, :2])
 
 
-def test_head_reading_dense_scores_starts_in_beam_order_and_needs_them():
+def test_head_reading_dense_scores_starts_in_the_order_of_both_scores_and_needs_them():
     lm, vocab, sids, states, mask, items, beam = _two_ranked_lists()
     head = make_head(score_features=2, dropout=0.0)
-    dense = -beam.flip(-1)  # the opposite order: untrained, the head follows the beam
+    # untrained, the head ranks by the sum of the two renormalised log-probs
+    dense = torch.tensor([[-1.0, -40.0, -2.0, -30.0], [-50.0, -1.0, -3.0, -40.0]])
     out = rank_candidates(
-        head, lm, vocab, sids, states, mask, items, beam_scores=beam, prior_scores=dense
+        head,
+        lm,
+        vocab,
+        sids,
+        states,
+        mask,
+        items,
+        beam_scores=beam,
+        prior_scores=dense,
+        beam_weight=0.0,
+    )
+    from sid.ranking import beam_score_features
+
+    total = beam_score_features(beam, torch.ones_like(beam, dtype=torch.bool), dense).sum(-1)
+    expected = items.gather(1, total.argsort(-1, descending=True))
+    assert out.items.tolist() == expected.tolist() == [[1, 4, 7, 9], [5, 8, 2, 3]]
+    # where the two agree, the order is theirs
+    out = rank_candidates(
+        head,
+        lm,
+        vocab,
+        sids,
+        states,
+        mask,
+        items,
+        beam_scores=beam,
+        prior_scores=beam,
+        beam_weight=0.0,
     )
     assert out.items.tolist() == [[7, 9, 1, 4], [2, 3, 5, 8]]
     with pytest.raises(ValueError, match="prior_scores"):

@@ -179,9 +179,16 @@ def weight_grid(done: dict, run: str, weights: list[float]) -> list[float]:
         grid.append(2 * best)
 
 
+def head_key(run: str) -> str:
+    """The identity of the ranking head a run holds now: a hash of its weights."""
+    import hashlib
+
+    return hashlib.sha256(Path(run, "ranker", "model.safetensors").read_bytes()).hexdigest()[:16]
+
+
 def fresh(name: str, stored: dict, ranker_key: str | None) -> bool:
-    """False for a ranking-head entry of another head than the run's (`ranker_key`, its
-    stage key in `stages.json`): the run's head was retrained since."""
+    """False for a ranking-head entry of another head than the run's (`ranker_key`, from
+    `head_key`): the run's head was retrained since."""
     return "-rank@" not in name or stored.get("ranker_key") == ranker_key
 
 
@@ -554,9 +561,7 @@ def main() -> None:
         config = json.loads(Path(run, "config.json").read_text())
         rank_prior = config.get("model", {}).get("ranker_prior_weight") if ranks else None
         # the head the run holds now: entries of an earlier head of the run are evaluated again
-        ranker_key = (
-            json.loads(Path(run, "stages.json").read_text()).get("ranker") if ranks else None
-        )
+        ranker_key = head_key(run) if ranks else None
         if args.json.is_file():
             done = store_arm(args.json, run, config)
         redone: set[str] = set()

@@ -269,3 +269,12 @@ def test_a_retrained_ranking_head_is_evaluated_again(bench):
     assert bench.fresh("a|valid-rank@w=0|bw=0", {"ranker_key": "k2"}, "k2")
     assert not bench.fresh("a|valid-rank@w=0|bw=0", {"ranker_key": "k1"}, "k2")
     assert not bench.fresh("a|test-rank@w=0|bw=0", {}, "k2")  # stored before keys were kept
+
+
+def test_the_heads_identity_is_its_weights(bench, tmp_path):
+    (tmp_path / "ranker").mkdir()
+    (tmp_path / "ranker" / "model.safetensors").write_bytes(b"one")
+    first = bench.head_key(str(tmp_path))
+    assert first == bench.head_key(str(tmp_path))
+    (tmp_path / "ranker" / "model.safetensors").write_bytes(b"two")
+    assert bench.head_key(str(tmp_path)) != first

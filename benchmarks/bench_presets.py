@@ -151,6 +151,11 @@ def summary(results: dict) -> dict:
     return row
 
 
+def _best(scores: dict[float, float]) -> float:
+    """The value with the highest score; the smaller value on a tie."""
+    return max(sorted(scores), key=scores.get)
+
+
 def _best_on_validation(done: dict, names: dict[float, str], kind: str) -> float | None:
     """The value whose stored validation entry has the best NDCG@10 of row `kind` (the
     smaller value on a tie), or None until every value has been validated."""
@@ -159,7 +164,7 @@ def _best_on_validation(done: dict, names: dict[float, str], kind: str) -> float
         if name not in done:
             return None
         scores[value] = done[name][kind]["ndcg@10"]
-    return max(sorted(scores), key=lambda v: scores[v])
+    return _best(scores)
 
 
 def chosen_weight(done: dict, run: str, weights: list[float]) -> float | None:
@@ -294,7 +299,7 @@ def _by_preset(done: dict) -> dict[str, dict[str, dict]]:
             valid = parts.get("valid", {})
             tests = parts.get("test", {})
             if valid:
-                best = max(sorted(valid), key=lambda w: valid[w]["retrieval"]["ndcg@10"])
+                best = _best({w: r["retrieval"]["ndcg@10"] for w, r in valid.items()})
             else:
                 best = max(tests) if tests else None
             entry = {"valid": valid, "best": best} if valid else {"best": best}
@@ -310,7 +315,7 @@ def _by_preset(done: dict) -> dict[str, dict[str, dict]]:
             for pw, by_bw in parts.get("test-rank", {}).items():
                 sweep = entry["valid_rank"].get(pw, {})
                 score = {bw: r["retrieval+ranking"]["ndcg@10"] for bw, r in sweep.items()}
-                pick = max(sorted(score), key=score.get) if score else max(by_bw)
+                pick = _best(score) if score else max(by_bw)
                 if pick in by_bw:  # the test entry of the beam weight validation picked
                     entry["rank"][pw] = by_bw[pick]
             runs[run] = entry
@@ -467,33 +472,37 @@ def _locked(folder: Path):
         os.close(fd)
 
 
-def store(path: Path, name: str, entry: dict) -> dict:
-    """Add one evaluation to the stored file and return all stored evaluations. The file is
-    read again under a lock and replaced atomically, so benches of several runs can run side
-    by side without one dropping the entries the other wrote meanwhile."""
+def _update(path: Path, change) -> dict:
+    """Apply `change(done) -> bool` (True: something changed) to the stored evaluations and
+    return them. The file is read again under a lock and replaced atomically, so benches of
+    several runs can run side by side without one dropping the entries the other wrote
+    meanwhile."""
     from sid.artifacts import write_json_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path.parent):
         done = json.loads(path.read_text()) if path.is_file() else {}
-        done[name] = entry
-        write_json_atomic(path, done, indent=1)
+        if change(done):
+            write_json_atomic(path, done, indent=1)
     return done
+
+
+def store(path: Path, name: str, entry: dict) -> dict:
+    """Add one evaluation to the stored file and return all stored evaluations."""
+    return _update(path, lambda done: done.update({name: entry}) or True)
 
 
 def store_arm(path: Path, run: str, options: dict) -> dict:
     """Give the stored evaluations of `run` that were benched before arms were stored the
-    arm of the run's options (its `config.json`), under the same lock as `store`."""
-    from sid.artifacts import write_json_atomic
+    arm of the run's options (its `config.json`)."""
 
-    with _locked(path.parent):
-        done = json.loads(path.read_text()) if path.is_file() else {}
+    def change(done: dict) -> bool:
         names = [n for n, res in done.items() if n.split("|")[0] == run and "arm" not in res]
         for name in names:
             done[name]["arm"] = arm(options)
-        if names:
-            write_json_atomic(path, done, indent=1)
-    return done
+        return bool(names)
+
+    return _update(path, change)
 
 
 def main() -> None:

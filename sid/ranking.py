@@ -193,10 +193,10 @@ class RankingHead(nn.Module):
             # skip path: every outcome logit starts as the sum of the scores (the beam log-prob,
             # plus the dense log-prob where read: the log of the product of the two
             # probabilities renormalised over the list), "none" at 0, so P(interaction)
-            # starts monotone in that sum. A head trained for a few hundred steps at a small
-            # learning rate moves these weights by tenths at most, so the start must already
-            # be a good fusion: on ML-1M the dense column started at 0 stayed near it, and the
-            # head ranked the plain beam's lists worse than the beam (BENCHMARKS.md).
+            # starts monotone in that sum. Adam moves a weight by about the learning rate per
+            # step, so a few hundred steps at 1e-3 cannot take a column far from its start;
+            # on ML-1M a head whose dense column started at 0 ranked the plain beam's lists
+            # worse than the beam, while the untrained sum ranks them 8% better (BENCHMARKS.md).
             self.score_skip = nn.Linear(F_, config.num_classes)
             with torch.no_grad():
                 self.score_skip.weight.zero_()

@@ -644,27 +644,34 @@ def _dense_target_examples(lm, vocab, sids, prior, n_users, seed):
     return examples, ids, mask, targets
 
 
-def test_head_reading_dense_scores_learns_what_the_dense_score_knows():
+def _dense_target_mrr(features, **train_kw):
+    """A head reading `features` retrieval scores trained on `_dense_target_examples`, then its
+    mean reciprocal rank of fresh users' targets → (train stats, MRR, examples, prior)."""
     lm, vocab, sids = make_setup(n_items=40)
     prior = _Prior(40, 32, seed=3)
     examples, _, _, _ = _dense_target_examples(lm, vocab, sids, prior, 64, seed=0)
     _, ids, mask, targets = _dense_target_examples(lm, vocab, sids, prior, 40, seed=1)
+    head = make_head(seed=0, dropout=0.0, score_features=features)
+    stats = train_ranker(
+        head, lm, vocab, sids, examples, steps=120, batch_size=16, lr=5e-3,
+        n_random_negatives=0, n_beam_negatives=12, beam_outcome="like", seed=0,
+        progress=False, prior=prior if features == 2 else None, **train_kw,
+    )  # fmt: skip
+    out = retrieve_and_rank(
+        lm, vocab, sids, head, ids, mask, prior=prior, beam_weight=0.0,
+        beam=BeamSearchConfig(num_beams=12, outcome="like", slots=1),
+    )  # fmt: skip
+    ranks = (out.items == targets[:, None]).float().argmax(-1)
+    return stats, float((1.0 / (1 + ranks)).mean()), (lm, vocab, sids, examples, prior)
+
+
+def test_head_reading_dense_scores_learns_what_the_dense_score_knows():
     mrr = {}
     for features in (1, 2):
-        head = make_head(seed=0, dropout=0.0, score_features=features)
-        stats = train_ranker(
-            head, lm, vocab, sids, examples, steps=120, batch_size=16, lr=5e-3,
-            n_random_negatives=0, n_beam_negatives=12, beam_outcome="like", seed=0,
-            progress=False, prior=prior if features == 2 else None,
-        )  # fmt: skip
+        stats, mrr[features], setup = _dense_target_mrr(features)
         assert stats["list_hit_rate"] == 1.0  # every target is in its own list
-        out = retrieve_and_rank(
-            lm, vocab, sids, head, ids, mask, prior=prior, beam_weight=0.0,
-            beam=BeamSearchConfig(num_beams=12, outcome="like", slots=1),
-        )  # fmt: skip
-        ranks = (out.items == targets[:, None]).float().argmax(-1)
-        mrr[features] = float((1.0 / (1 + ranks)).mean())
     assert mrr[2] > 0.8 and mrr[2] > mrr[1] + 0.25, mrr
+    lm, vocab, sids, examples, _ = setup
     with pytest.raises(ValueError, match="prior="):
         train_ranker(make_head(score_features=2), lm, vocab, sids, examples, steps=1,
                      n_random_negatives=0, n_beam_negatives=12, progress=False)  # fmt: skip
@@ -718,23 +725,9 @@ def test_list_loss_is_the_softmax_over_the_list_of_the_served_score():
 
 
 def test_a_head_trained_with_the_listwise_loss_learns_the_dense_order():
-    lm, vocab, sids = make_setup(n_items=40)
-    prior = _Prior(40, 32, seed=3)
-    examples, _, _, _ = _dense_target_examples(lm, vocab, sids, prior, 64, seed=0)
-    _, ids, mask, targets = _dense_target_examples(lm, vocab, sids, prior, 40, seed=1)
-    head = make_head(seed=0, dropout=0.0, score_features=2)
-    stats = train_ranker(
-        head, lm, vocab, sids, examples, steps=120, batch_size=16, lr=5e-3,
-        n_random_negatives=0, n_beam_negatives=12, beam_outcome="like", seed=0,
-        progress=False, prior=prior, list_loss_weight=1.0,
-    )  # fmt: skip
+    stats, mrr, (lm, vocab, sids, examples, prior) = _dense_target_mrr(2, list_loss_weight=1.0)
     assert stats["final_loss"] < 0.5 * stats["first_loss"]
-    out = retrieve_and_rank(
-        lm, vocab, sids, head, ids, mask, prior=prior, beam_weight=0.0,
-        beam=BeamSearchConfig(num_beams=12, outcome="like", slots=1),
-    )  # fmt: skip
-    ranks = (out.items == targets[:, None]).float().argmax(-1)
-    assert float((1.0 / (1 + ranks)).mean()) > 0.8
+    assert mrr > 0.8
     with pytest.raises(ValueError, match="list_loss_weight"):
         train_ranker(make_head(score_features=2), lm, vocab, sids, examples, steps=1, prior=prior,
                      n_random_negatives=0, n_beam_negatives=12, list_loss_weight=-1.0,

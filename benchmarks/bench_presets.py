@@ -422,9 +422,10 @@ def tables(done: dict) -> str:
     return "\n".join([*lines, "", *(f"- {n}" for n in notes)])
 
 
-def plot(done: dict, path: Path) -> None:
+def plot(done: dict, path: Path, sasrec: dict | None = None) -> None:
     """Recall@K, K = 1 … depth: the beam (with its chosen prior) next to the dense head and
-    popularity, averaged over each preset's seeds."""
+    popularity, averaged over each preset's seeds; with `sasrec` (the `sasrec.json` record of
+    a finished `bench_quality.py` run) also the converged SASRec-CE's test curve."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -444,6 +445,15 @@ def plot(done: dict, path: Path) -> None:
             name = {"retrieval": "beam + dense prior", "dense": "dense head"}.get(kind, kind)
             shown = name if kind == "popularity" else f"{preset}: {name}"
             ax.plot(range(1, depth + 1), mean, style, label=shown)
+    if sasrec is not None:
+        curve = sasrec.get("test", {}).get("recall_curve")
+        if not curve:
+            raise ValueError(
+                "the SASRec-CE record has no test recall_curve: it was scored before "
+                "bench_quality.py stored one; score its run again"
+            )
+        best = sasrec.get("best_epoch")
+        ax.plot(range(1, len(curve) + 1), curve, "-.", label=f"SASRec-CE (best epoch {best})")
     ax.set_xlabel("K")
     ax.set_ylabel("Recall@K (history excluded)")
     ax.set_title("ML-1M, leave-one-out, full ranking, all users")
@@ -529,6 +539,13 @@ def main() -> None:
     p.add_argument("--redo", action="store_true")
     p.add_argument("--table", action="store_true", help="print the Markdown table and stop")
     p.add_argument("--plot", type=Path, help="write the Recall@K figure here and stop")
+    p.add_argument(
+        "--sasrec",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "sasrec_ml1m.json",
+        help="with --plot: a finished SASRec-CE record (bench_quality.py's sasrec.json) to "
+        "draw beside (skipped when the file does not exist)",
+    )
     args = p.parse_args()
     if args.table or args.plot:
         if not args.json.is_file():
@@ -537,7 +554,8 @@ def main() -> None:
         if args.table:
             print(tables(done))
         if args.plot:
-            plot(done, args.plot)
+            sasrec = json.loads(args.sasrec.read_text()) if args.sasrec.is_file() else None
+            plot(done, args.plot, sasrec)
         return
     if not args.runs:
         p.error("give the run directories to evaluate (or --table / --plot)")

@@ -202,6 +202,10 @@ class RankingHead(nn.Module):
                 self.score_skip.weight.zero_()
                 self.score_skip.bias.zero_()
                 self.score_skip.weight[: len(config.outcomes)] = 1.0
+            # and the learned part starts at 0, so the untrained head ranks by that sum
+            # exactly; the readout's last layer still gets gradients from the first step
+            nn.init.zeros_(self.readout[-1].weight)
+            nn.init.zeros_(self.readout[-1].bias)
 
     @property
     def outcomes(self) -> list[str]:

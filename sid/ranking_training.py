@@ -131,6 +131,8 @@ def train_ranker(
     prior_weight: float = 0.0,
     exclude_history: bool = False,
     list_loss_weight: float = 1.0,
+    tune=None,
+    eval_every: int = 25,
 ) -> dict:
     """Train ``head`` on next-item examples of the train split; the LM stays frozen.
 
@@ -162,6 +164,13 @@ def train_ranker(
     alone learns each class's probability but never compares candidates, and measured on
     ML-1M its order of the plain beam's lists was worse than the beam's own (BENCHMARKS.md).
 
+    With ``tune`` (held-out examples, e.g. :meth:`RankingExamples.from_split` of validation
+    targets the head does not train on), training stops early in the sense of keeping the
+    best: the beam lists of the tuning examples are searched once, the head ranks them before
+    the first step and every ``eval_every`` steps, and the head returns with the weights of
+    the best NDCG@10 of those lists (ties: the earlier step, so an untrained head that no
+    step beats comes back unchanged).
+
     Args:
         examples: :class:`RankingExamples` or a :class:`~sid.data.LeaveOneOutSplit` (its
             train part is used).
@@ -184,12 +193,16 @@ def train_ranker(
             out, as served with history excluded.
         list_loss_weight: weight of the listwise loss on lists (0: the per-candidate loss
             alone).
+        tune: :class:`RankingExamples` to pick the best step on (None: the last step is
+            kept); needs ``n_beam_negatives >= 2`` (the lists it ranks).
+        eval_every: steps between two rankings of the tuning lists.
 
     Returns:
         dict with ``losses`` (per step), ``first_loss``/``final_loss`` (means of the first and
         last 10% of steps), ``steps``, ``seconds``, ``examples`` (available training positions);
         with ``score_features`` also ``list_hit_rate`` (share of beamed examples whose list
-        held the positive).
+        held the positive); with ``tune`` also ``tune_curve`` (``[step, NDCG@10]`` pairs;
+        step 0 is the untrained head), ``best_step`` and ``tune_examples``.
     """
     from tqdm.auto import tqdm
 
@@ -211,6 +224,13 @@ def train_ranker(
             "a head fed the beam log-prob (score_features > 0) trains on beam candidate lists: "
             f"pass n_beam_negatives >= 2 (the list size, got {n_beam_negatives}) and "
             f"n_random_negatives=0 (random items have no beam score, got {n_random_negatives})"
+        )
+    if eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+    if tune is not None and n_beam_negatives < 2:
+        raise ValueError(
+            "tune= ranks the beam lists of held-out examples: pass n_beam_negatives >= 2 "
+            f"(the list size, got {n_beam_negatives})"
         )
     if list_oversample < 1:
         raise ValueError(f"list_oversample must be >= 1, got {list_oversample}")
@@ -242,7 +262,6 @@ def train_ranker(
     user_of = np.searchsorted(data.offsets, positions, side="right") - 1
     starts = torch.from_numpy(data.offsets[user_of])
     positions_t = torch.from_numpy(positions)
-    all_items, all_outcomes = torch.from_numpy(data.items), torch.from_numpy(data.outcomes)
     none_class = len(vocab.outcomes)
     served = _weight_vector(head, None).to(device)  # the outcome weights it is ranked by
     gen = torch.Generator().manual_seed(seed)
@@ -275,22 +294,51 @@ def train_ranker(
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
 
+    dense = head.config.score_features >= 2
+
+    def inputs(source: RankingExamples, pos: LongTensor, start: LongTensor):
+        # last max_history items before pos, right-aligned, -1 on the left
+        items_t, outcomes_t = torch.from_numpy(source.items), torch.from_numpy(source.outcomes)
+        idx = pos[:, None] - max_history + torch.arange(max_history)
+        ok = idx >= start[:, None]
+        hist_items = items_t[idx.clamp_min(0)].where(ok, -1)
+        hist_out = outcomes_t[idx.clamp_min(0)].where(ok, -1)
+        keep_cols = ok.any(0)  # drop columns that are padding for every row
+        hist_items, hist_out = hist_items[:, keep_cols], hist_out[:, keep_cols]
+        ids, mask = history_inputs(vocab, codes_table, hist_items, hist_out)
+        return ids.to(device), mask.to(device), hist_items, items_t[pos], outcomes_t[pos]
+
+    tuning = None
+    if tune is not None:
+        tuning = _tune_lists(
+            _examples(tune), inputs, beam_fn, lm, vocab, codes_table, n_items,
+            size=n_beam_negatives, none_class=none_class, dense=dense,
+            exclude_history=exclude_history or not lists,
+            batch_size=batch_size * list_oversample,
+        )  # fmt: skip
+    curve: list[list[float]] = []
+    best = (-1.0, 0, None)  # (NDCG@10, step, weights)
+
+    def evaluate(step: int):
+        nonlocal best
+        value = _tune_ndcg(head, tuning, served, none_class)
+        curve.append([step, value])
+        if value > best[0]:
+            best = (value, step, {k: v.detach().clone() for k, v in head.state_dict().items()})
+        head.train()
+
     try:
+        if tuning is not None:
+            evaluate(0)
         for _ in bar:
+            steps_done = len(losses)
+            if tuning is not None and steps_done % eval_every == 0 and curve[-1][0] != steps_done:
+                evaluate(steps_done)
             pick = torch.randint(
                 len(positions_t), (batch_size * (list_oversample if lists else 1),), generator=gen
             )
             pos, start = positions_t[pick], starts[pick]
-            # last max_history items before pos, right-aligned, -1 on the left
-            idx = pos[:, None] - max_history + torch.arange(max_history)
-            ok = idx >= start[:, None]
-            hist_items = all_items[idx.clamp_min(0)].where(ok, -1)
-            hist_out = all_outcomes[idx.clamp_min(0)].where(ok, -1)
-            keep_cols = ok.any(0)  # drop columns that are padding for every row
-            hist_items, hist_out = hist_items[:, keep_cols], hist_out[:, keep_cols]
-            ids, mask = history_inputs(vocab, codes_table, hist_items, hist_out)
-            ids, mask = ids.to(device), mask.to(device)
-            target, target_outcome = all_items[pos], all_outcomes[pos]
+            ids, mask, hist_items, target, target_outcome = inputs(data, pos, start)
 
             if lists:
                 with torch.no_grad():
@@ -303,7 +351,7 @@ def train_ranker(
                     target_outcome,
                     n_beam_negatives,
                     none_class,
-                    dense=head.config.score_features >= 2,
+                    dense=dense,
                 )
                 beamed, hits = beamed + len(pick), hits + (0 if batch is None else len(batch[0]))
                 if batch is None:  # no list held its positive: nothing to learn from
@@ -352,6 +400,10 @@ def train_ranker(
             logits = head(states, mask, embeds)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().to(device))
             update(loss)
+        if tuning is not None and losses and curve[-1][0] != len(losses):
+            evaluate(len(losses))
+        if tuning is not None:
+            head.load_state_dict(best[2])
     finally:
         for p, r in zip(lm.parameters(), req, strict=True):
             p.requires_grad_(r)
@@ -376,7 +428,65 @@ def train_ranker(
     }
     if lists:
         stats["list_hit_rate"] = hits / max(1, beamed)
+    if tuning is not None:
+        stats |= {"tune_curve": curve, "best_step": best[1], "tune_examples": tuning.examples}
     return stats
+
+
+@dataclass
+class _TuneLists:
+    """The beam lists of held-out examples that hold their positive, ready for the head:
+    per chunk (history states, mask, candidate embeddings, score features or None, labels).
+    ``examples`` counts every example beamed, so that a list without its positive (which no
+    order can score) still counts as a miss."""
+
+    chunks: list
+    examples: int
+
+
+@torch.no_grad()
+def _tune_lists(
+    data, inputs, beam_fn, lm, vocab, codes_table, n_items, *, size, none_class, dense,
+    exclude_history, batch_size,
+) -> _TuneLists:  # fmt: skip
+    positions = data.targets()
+    if len(positions) == 0:
+        raise ValueError("tune= holds no examples (every sequence has fewer than 2 items)")
+    if int(data.items.max()) >= n_items:
+        raise ValueError(f"tune= holds item index {int(data.items.max())} >= {n_items}")
+    user_of = np.searchsorted(data.offsets, positions, side="right") - 1
+    chunks = []
+    for lo in range(0, len(positions), batch_size):
+        pos = torch.from_numpy(positions[lo : lo + batch_size])
+        start = torch.from_numpy(data.offsets[user_of[lo : lo + batch_size]])
+        ids, mask, hist_items, target, target_outcome = inputs(data, pos, start)
+        beams = beam_fn(ids, mask, hist_items.to(ids.device) if exclude_history else None)
+        batch = _beam_list_batch(beams, target, target_outcome, size, none_class, dense=dense)
+        if batch is None:
+            continue
+        rows, cands, labels, features = batch
+        rows = rows.to(ids.device)
+        embeds = candidate_embeddings(lm, vocab, codes_table[cands.clamp_min(0)].to(ids.device))
+        chunks.append((beams.history_states[rows], mask[rows], embeds, features, labels))
+    return _TuneLists(chunks, len(positions))
+
+
+@torch.no_grad()
+def _tune_ndcg(head: RankingHead, tuning: _TuneLists, served, none_class: int) -> float:
+    """NDCG@10 of the head's order of the tuning lists, over every tuning example."""
+    head.eval()
+    total = 0.0
+    for states, mask, embeds, features, labels in tuning.chunks:
+        device = states.device
+        kwargs = {"scores": features.to(device)} if head.config.score_features else {}
+        probs = head(states, mask, embeds, **kwargs).float().softmax(-1)
+        labels = labels.to(device)
+        valid = labels != -100
+        score = (probs @ served).where(valid, float("-inf"))
+        positive = (valid & (labels != none_class)).float().argmax(-1)
+        rank = (score > score.gather(1, positive[:, None])).sum(1).float()
+        total += float(((rank < 10).float() / torch.log2(rank + 2)).sum())
+    return total / tuning.examples
 
 
 def _list_loss(logits, labels, weights, none_class: int):

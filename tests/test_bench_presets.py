@@ -101,6 +101,12 @@ def test_end_to_end_on_a_trained_run(bench, tmp_path, monkeypatch):
     assert "`None`" not in bench.tables(done)
     bench.plot(done, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 0
+    # a finished SASRec-CE record draws its test curve beside; one without a curve is refused
+    sasrec = {"best_epoch": 3, "test": {"recall_curve": [0.1 * k for k in range(1, 9)]}}
+    bench.plot(done, tmp_path / "with_sasrec.png", sasrec)
+    assert (tmp_path / "with_sasrec.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="recall_curve"):
+        bench.plot(done, tmp_path / "bad.png", {"test": {"history excluded": {}}})
 
 
 def test_the_ranking_heads_beam_weight_is_picked_on_validation_after_the_prior(bench):

@@ -155,7 +155,10 @@ def test_the_bench_reuses_a_finished_run_without_training(
     first, second = {}, {}
     bench.bench_sasrec(args, cycle_split, gold, (True, False), first.__setitem__)
     saved = json.loads((tmp_path / "run" / bench.RECORD).read_text())
-    assert set(saved["test"]) == {"history kept", "history excluded"}
+    assert set(saved["test"]) == {"history kept", "history excluded", "recall_curve"}
+    curve = saved["test"]["recall_curve"]  # history excluded, K = 1 … min(100, catalogue)
+    assert len(curve) == min(bench.CURVE_DEPTH, cycle_split.data.num_items)
+    assert curve == sorted(curve) and curve[9] == saved["test"]["history excluded"]["recall@10"]
     assert (tmp_path / "fig.png").read_bytes() == (tmp_path / "run" / bench.CURVE).read_bytes()
 
     def no_training(*args, **kwargs):

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -216,6 +218,10 @@ def test_train_py_ranker_reading_dense_scores_trained_on_validation_targets(tmp_
     )  # fmt: skip
     head = RankingHead.from_pretrained(run / "ranker")
     assert head.config.score_features == 2
+    # the first 3 users' validation lists picked the head's step: before training or after 4
+    stats = json.loads((run / "config.json").read_text())["ranker"]
+    assert stats["tune_examples"] == 3 and stats["best_step"] in (0, 4)
+    assert [step for step, _ in stats["tune_curve"]][0] == 0
     res = evaluate_run(run, write_report=False, num_beams=10, top_k=10, prior_weight=0.5)
     assert 0.0 <= res["retrieval+ranking"]["recall@10"] <= 1.0
     # serving with a budget cannot give one dense score per candidate: refused, said why

@@ -621,10 +621,10 @@ def test_head_reading_dense_scores_starts_in_the_order_of_both_scores_and_needs_
         make_head(score_features=3)
 
 
-def _dense_target_examples(lm, vocab, sids, prior, n_users, seed):
+def _dense_target_examples(lm, vocab, sids, prior, n_users, seed, pick="argmax"):
     """Random 4-item histories; each target is the dense prior's favourite among the items
     of the user's own 12-beam list — known to the dense score, not to the beam order or to
-    the item's identity."""
+    the item's identity (``pick="argmin"``: its least favourite instead)."""
     g = torch.Generator().manual_seed(seed)
     n_items = sids.codes.shape[0]
     hist = torch.stack([torch.randperm(n_items, generator=g)[:4] for _ in range(n_users)])
@@ -633,7 +633,8 @@ def _dense_target_examples(lm, vocab, sids, prior, n_users, seed):
     beams = BeamSearchConfig(num_beams=12, outcome="like", slots=1).search(
         lm, vocab, sids.trie, ids, mask, prior=prior
     )
-    targets = beams.items.gather(1, beams.prior_scores.argmax(-1, keepdim=True))[:, 0]
+    chosen = getattr(beams.prior_scores, pick)(-1, keepdim=True)
+    targets = beams.items.gather(1, chosen)[:, 0]
     seqs = torch.cat([hist, targets[:, None]], 1).numpy()
     examples = RankingExamples(
         offsets=np.arange(0, 5 * n_users + 1, 5, dtype=np.int64),
@@ -732,3 +733,67 @@ def test_a_head_trained_with_the_listwise_loss_learns_the_dense_order():
         train_ranker(make_head(score_features=2), lm, vocab, sids, examples, steps=1, prior=prior,
                      n_random_negatives=0, n_beam_negatives=12, list_loss_weight=-1.0,
                      progress=False)  # fmt: skip
+
+
+def test_an_untrained_head_reading_scores_ranks_by_their_sum_exactly():
+    lm, vocab, sids, states, mask, items, beam = _two_ranked_lists()
+    from sid.ranking import beam_score_features
+
+    dense = torch.tensor([[-1.0, -40.0, -2.0, -30.0], [-50.0, -1.0, -3.0, -40.0]])
+    features = beam_score_features(beam, torch.ones_like(beam, dtype=torch.bool), dense)
+    head = make_head(score_features=2, dropout=0.0)
+    embeds = candidate_embeddings(lm, vocab, sids.codes[items])
+    logits = head(states, mask, embeds, scores=features)
+    # every outcome logit is the sum of the features, "none" is 0: the learned part starts at 0
+    assert torch.allclose(logits[..., :-1], features.sum(-1, keepdim=True).expand(-1, -1, 2))
+    assert torch.equal(logits[..., -1], torch.zeros_like(logits[..., -1]))
+
+
+def test_tuning_keeps_the_step_that_ranks_the_held_out_lists_best():
+    lm, vocab, sids = make_setup(n_items=40)
+    examples, _ = _taste_examples(sids.codes)
+    tune, _ = _taste_examples(sids.codes, n_users=40, length=5, seed=1)  # other users
+    head = make_head(seed=0, dropout=0.0, score_features=1)
+    start = {k: v.clone() for k, v in head.state_dict().items()}
+    stats = train_ranker(
+        head, lm, vocab, sids, examples, steps=60, batch_size=16, lr=5e-3,
+        n_random_negatives=0, n_beam_negatives=12, beam_outcome="like", seed=0,
+        progress=False, tune=tune, eval_every=20,
+    )  # fmt: skip
+    curve = stats["tune_curve"]
+    assert [step for step, _ in curve] == [0, 20, 40, 60] and stats["tune_examples"] == 40 * 4
+    values = [v for _, v in curve]
+    assert stats["best_step"] == curve[values.index(max(values))][0] > 0
+    assert max(values) > values[0] + 0.05  # the held-out users share the trained-on tastes
+    assert any(not torch.equal(v, head.state_dict()[k]) for k, v in start.items())
+
+
+def test_tuning_that_no_step_improves_gives_the_untrained_head_back():
+    # the trained-on targets are the dense score's *least* favourite of their list, the
+    # held-out ones its favourite, which the untrained head (ranking by beam + dense) puts
+    # first: every step ranks them worse, so step 0 is kept, bit for bit
+    lm, vocab, sids = make_setup(n_items=40)
+    prior = _Prior(40, 32, seed=3)
+    examples, _, _, _ = _dense_target_examples(lm, vocab, sids, prior, 64, seed=0, pick="argmin")
+    tune, _, _, _ = _dense_target_examples(lm, vocab, sids, prior, 48, seed=2)
+    head = make_head(seed=0, dropout=0.0, score_features=2)
+    start = {k: v.clone() for k, v in head.state_dict().items()}
+    stats = train_ranker(
+        head, lm, vocab, sids, examples, steps=60, batch_size=16, lr=5e-3,
+        n_random_negatives=0, n_beam_negatives=12, beam_outcome="like", seed=0,
+        progress=False, prior=prior, tune=tune, eval_every=20,
+    )  # fmt: skip
+    values = [v for _, v in stats["tune_curve"]]
+    assert stats["best_step"] == 0 and values[0] > max(values[1:])
+    assert all(torch.equal(v, head.state_dict()[k]) for k, v in start.items())
+
+
+def test_tuning_needs_lists_and_a_positive_interval():
+    lm, vocab, sids = make_setup()
+    examples, _ = _taste_examples(sids.codes)
+    with pytest.raises(ValueError, match="n_beam_negatives >= 2"):
+        train_ranker(make_head(), lm, vocab, sids, examples, steps=1, n_beam_negatives=0,
+                     tune=examples, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="eval_every"):
+        train_ranker(make_head(), lm, vocab, sids, examples, steps=1, tune=examples,
+                     eval_every=0, progress=False)  # fmt: skip

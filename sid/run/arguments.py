@@ -235,7 +235,17 @@ class ModelArguments:
     )
     ranker_tune_users: int = field(
         default=2000,
-        metadata={"help": "With --ranker_targets valid: users left out of the head's training."},
+        metadata={
+            "help": "Ranking head: the first N users, whose validation lists pick its best step "
+            "(--ranker_eval_every); with --ranker_targets valid also left out of its training."
+        },
+    )
+    ranker_eval_every: int = field(
+        default=library_default(train_ranker, "eval_every"),
+        metadata={
+            "help": "Ranking head: rank the tuning users' validation beam lists before training "
+            "and every N steps, and keep the best step (0: keep the last step)."
+        },
     )
     ranker_prior_weight: float = field(
         default=library_default(train_ranker, "prior_weight"),
@@ -663,6 +673,7 @@ def validate_arguments(
             "train or valid",
         )
         need(margs.ranker_tune_users >= 0, "ranker_tune_users", margs.ranker_tune_users, ">= 0")
+        need(margs.ranker_eval_every >= 0, "ranker_eval_every", margs.ranker_eval_every, ">= 0")
         need(
             math.isfinite(margs.ranker_prior_weight) and margs.ranker_prior_weight >= 0,
             "ranker_prior_weight",

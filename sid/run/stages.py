@@ -583,6 +583,7 @@ def ranker_stage(
         margs.ranker_targets,
         margs.ranker_tune_users if margs.ranker_targets == "valid" else None,
         margs.ranker_prior_weight,
+        *((margs.ranker_eval_every, margs.ranker_tune_users) if margs.ranker_eval_every else ()),
         margs.ranker_exclude_history,
         margs.ranker_list_loss,
         seed,
@@ -607,6 +608,11 @@ def ranker_stage(
             f"ranking head: trained on the validation targets of {len(users):,} users (the "
             f"first {split.num_users - len(users):,} are left to pick weights)"
         )
+    tune = None
+    n_tune = min(margs.ranker_tune_users, split.num_users)
+    if margs.ranker_eval_every and n_tune and margs.ranker_beam_negatives >= 2:
+        # validation targets, never test: the head keeps the step that ranks them best
+        tune = RankingExamples.from_split(split, "valid", np.arange(n_tune))
     rec.lm.eval()
     # beams under the outcome eval.py serves by default: the most frequent train outcome
     stats = train_ranker(
@@ -625,6 +631,8 @@ def ranker_stage(
         prior_weight=margs.ranker_prior_weight,
         exclude_history=margs.ranker_exclude_history,
         list_loss_weight=margs.ranker_list_loss,
+        tune=tune,
+        eval_every=max(1, margs.ranker_eval_every),
     )
     head.save_pretrained(run.staging / "ranker")
     # which model the head was trained on: eval refuses a head that belongs to another model

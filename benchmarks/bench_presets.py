@@ -15,6 +15,7 @@ Train each preset with two or more seeds, then score them all:
     HF_HUB_OFFLINE=1 python benchmarks/bench_presets.py runs/ml1m-large-s0
     python benchmarks/bench_presets.py --table          # the Markdown table of BENCHMARKS.md
     python benchmarks/bench_presets.py --plot benchmarks/figures/presets_recall_at_k.png
+    # (--plot also draws benchmarks/results/sasrec_ml1m.json, a finished SASRec-CE record)
 
 For every run (leave-one-out, full ranking over the whole catalogue):
 

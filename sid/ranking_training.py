@@ -242,17 +242,11 @@ def train_ranker(
             "dense prior (prior_weight > 0) needs prior= the run's dense head"
         )
     data = _examples(examples)
-    positions = data.targets()
-    if len(positions) == 0:
-        raise ValueError("no training examples: every train sequence has fewer than 2 items")
     codes_table = semantic_ids.codes.cpu()
     n_items = codes_table.shape[0]
     if n_items < 2:
         raise ValueError(f"the catalogue has {n_items} item(s); ranking needs at least 2")
-    if int(data.items.max()) >= n_items:
-        raise ValueError(
-            f"examples hold item index {int(data.items.max())} >= catalogue size {n_items}"
-        )
+    positions = _checked_targets(data, n_items, "training")
     if n_beam_negatives > 0 and beam_fn is None:
         beam_fn = _default_beam_fn(
             lm, vocab, semantic_ids, n_beam_negatives, beam_outcome, prior, prior_weight
@@ -433,6 +427,19 @@ def train_ranker(
     return stats
 
 
+def _checked_targets(data: RankingExamples, n_items: int, what: str) -> np.ndarray:
+    """The example positions of ``data``, refused when there are none or when an item lies
+    outside the catalogue."""
+    positions = data.targets()
+    if len(positions) == 0:
+        raise ValueError(f"no {what} examples: every sequence has fewer than 2 items")
+    if int(data.items.max()) >= n_items:
+        raise ValueError(
+            f"{what} examples hold item index {int(data.items.max())} >= catalogue size {n_items}"
+        )
+    return positions
+
+
 @dataclass
 class _TuneLists:
     """The beam lists of held-out examples that hold their positive, ready for the head:
@@ -449,11 +456,7 @@ def _tune_lists(
     data, inputs, beam_fn, lm, vocab, codes_table, n_items, *, size, none_class, dense,
     exclude_history, batch_size,
 ) -> _TuneLists:  # fmt: skip
-    positions = data.targets()
-    if len(positions) == 0:
-        raise ValueError("tune= holds no examples (every sequence has fewer than 2 items)")
-    if int(data.items.max()) >= n_items:
-        raise ValueError(f"tune= holds item index {int(data.items.max())} >= {n_items}")
+    positions = _checked_targets(data, n_items, "tune=")
     user_of = np.searchsorted(data.offsets, positions, side="right") - 1
     chunks = []
     for lo in range(0, len(positions), batch_size):

@@ -236,6 +236,62 @@ def load_base_model(name: str, *, trust_remote_code: bool = False, **tiny_overri
     return model, tokenizer
 
 
+def add_dropout(lm, p: float) -> int:
+    """Dropout `p` in training mode only, as SASRec places it, on any HF decoder: on the
+    hidden states entering the first decoder layer (token embeddings plus what PrefixMem or
+    the item-ID embedding added) and on the output of every attention and MLP block before it
+    joins the residual stream. Registered as forward hooks, so the saved weights and config
+    are unchanged and evaluation (`lm.eval()`) is untouched.
+
+    Dropout on the attention weights is the model config's own `attention_dropout`, left as
+    it is: on CPU it moves scaled-dot-product attention off its fused kernel, and a training
+    step of the tiny model took 2.4x as long with it (1.58 s vs 0.67 s, batch 32 x 400 tokens).
+
+    Returns the number of decoder layers found; raises ValueError when `p` is outside [0, 1)
+    or the LM has no `*.self_attn` / `*.mlp` blocks to put it on.
+    """
+    import torch.nn.functional as F
+
+    if not 0.0 <= float(p) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
+    if not p:
+        return 0
+    blocks = [
+        (name, module)
+        for name, module in lm.named_modules()
+        if name.rsplit(".", 1)[-1] in ("self_attn", "mlp")
+    ]
+    if not blocks:
+        raise ValueError(
+            f"dropout: {type(lm).__name__} has no self_attn / mlp blocks to put dropout on; "
+            "leave --dropout at 0 for this model"
+        )
+
+    def after(module, args, output):
+        if not module.training:
+            return output
+        if isinstance(output, tuple):
+            return (F.dropout(output[0], p, True), *output[1:])
+        return F.dropout(output, p, True)
+
+    layers = {}
+    for name, module in blocks:
+        module.register_forward_hook(after)
+        parent = name.rsplit(".", 1)[0]
+        layers.setdefault(parent, lm.get_submodule(parent))
+    first = next(iter(layers.values()))
+
+    def before(module, args, kwargs):
+        if not module.training:
+            return None
+        if args:
+            return (F.dropout(args[0], p, True), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": F.dropout(kwargs["hidden_states"], p, True)}
+
+    first.register_forward_pre_hook(before, with_kwargs=True)
+    return len(layers)
+
+
 def base_hidden_size(name: str, *, trust_remote_code: bool = False) -> int:
     """Hidden width of a base model, read from its config without loading weights."""
     from transformers import AutoConfig

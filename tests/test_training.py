@@ -213,3 +213,69 @@ def test_run_from_an_incompatible_sid_tokenizer_is_refused(tmp_path, setup):
     other.save(tmp_path / "run")
     with pytest.raises(ValueError, match="trained on another SID tokenizer"):
         SIDRecModel.from_pretrained(tmp_path / "run")
+
+
+def _tiny_lm(seed=0):
+    from transformers import LlamaForCausalLM
+
+    from sid.model import tiny_config
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_config(40, hidden_size=16, intermediate_size=32))
+
+
+def test_dropout_acts_in_training_only_and_on_each_block():
+    from sid.model import add_dropout
+
+    plain, lm = _tiny_lm(), _tiny_lm()
+    assert add_dropout(lm, 0.5) == 2  # the tiny Llama's two decoder layers
+    x = torch.randint(0, 40, (3, 12))
+    plain.eval(), lm.eval()
+    assert torch.equal(lm(x).logits, plain(x).logits)  # evaluation is untouched
+    seen = []
+    first = lm.model.layers[0]
+    first.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(
+            (args[0] if args else kwargs["hidden_states"]).detach()
+        ),
+        with_kwargs=True,
+    )
+    lm.train(), plain.train()
+    one, two = lm(x).logits, lm(x).logits
+    assert not torch.equal(one, two) and torch.equal(plain(x).logits, plain(x).logits)
+    embedded = lm.model.embed_tokens(x)
+    kept = seen[0] != 0
+    assert 0.2 < kept.float().mean() < 0.8  # half the entering hidden states dropped ...
+    assert torch.allclose(seen[0][kept], 2 * embedded[kept])  # ... the rest scaled by 1/(1-p)
+
+
+def test_dropout_refuses_bad_input():
+    from sid.model import add_dropout
+
+    lm = _tiny_lm()
+    assert add_dropout(lm, 0.0) == 0 and not lm.model.layers[0]._forward_pre_hooks
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+            add_dropout(lm, bad)
+    with pytest.raises(ValueError, match="no self_attn / mlp blocks"):
+        add_dropout(torch.nn.Sequential(torch.nn.Linear(2, 2)), 0.1)
+
+
+def test_train_py_dropout_retrains_the_model_only(tmp_path):
+    from conftest import pipeline_options, write_cycle_dataset
+
+    from sid.run import run_training
+
+    data = write_cycle_dataset(tmp_path)
+    options = dict(ranker=False, prefixmem=True, dense=True)
+    run = run_training(*pipeline_options(data, tmp_path / "run", **options))
+    before = json.loads((run / "stages.json").read_text())
+    with pytest.raises(ValueError, match="--dropout 1.0 is not allowed"):
+        run_training(*pipeline_options(data, tmp_path / "run", dropout=1.0, **options))
+    run_training(*pipeline_options(data, tmp_path / "run", dropout=0.3, **options))
+    after = json.loads((run / "stages.json").read_text())
+    assert after["model"] != before["model"] and after["semantic_ids"] == before["semantic_ids"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["dropout"] == 0.3
+    rec = SIDRecModel.from_pretrained(run)  # saved as a plain LM: no hooks come back
+    assert not rec.lm.model.layers[0]._forward_pre_hooks

@@ -276,6 +276,14 @@ class ModelArguments:
         default=library_default(make_trainer, "dense_weight"),
         metadata={"help": "Weight of the dense head's loss beside the LM loss."},
     )
+    dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Dropout while training the LM, where SASRec has it: on the hidden "
+            "states entering the first layer and on every attention and MLP block's output "
+            "(sid.model.add_dropout). 0: the LM as it is."
+        },
+    )
     dense_negatives: int = field(
         default=library_default(make_trainer, "dense_negatives"),
         metadata={
@@ -587,6 +595,12 @@ def validate_arguments(
         "target_window_seconds",
         seconds,
         "it must be >= 0 seconds (or left out for no time limit)",
+    )
+    need(
+        math.isfinite(margs.dropout) and 0 <= margs.dropout < 1,
+        "dropout",
+        margs.dropout,
+        "it must be in [0, 1)",
     )
     need(
         math.isfinite(targs.learning_rate) and targs.learning_rate > 0,

@@ -290,6 +290,7 @@ def model_stage(
         ),
         *((("slots", margs.slots, margs.slot_anchors),) if margs.slots > 1 else ()),
         *((("outcome_conditioning", False),) if not margs.outcome_conditioning else ()),
+        *((("dropout", margs.dropout),) if margs.dropout else ()),
     )
     check_compatible_run(run, sids, rargs.overwrite)
     if run.fresh("model", key, "model/sid_vocab.json"):
@@ -336,6 +337,10 @@ def model_stage(
         hidden = int(rec.lm.config.get_text_config().hidden_size)
         rec.dense = DenseRetrieval(DenseConfig(num_items=len(sids), hidden_size=hidden))
         rec.dense.attach(rec.lm, rec.vocab, sids)
+    if margs.dropout:
+        from sid.model import add_dropout
+
+        add_dropout(rec.lm, margs.dropout)
     train = build_train_windows(
         split,
         sids,

@@ -279,3 +279,21 @@ def test_train_py_dropout_retrains_the_model_only(tmp_path):
     assert config["model"]["dropout"] == 0.3
     rec = SIDRecModel.from_pretrained(run)  # saved as a plain LM: no hooks come back
     assert not rec.lm.model.layers[0]._forward_pre_hooks
+
+
+def test_bench_dropout_times_each_arm_side_by_side(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_dropout.py"
+    spec = importlib.util.spec_from_file_location("bench_dropout", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "dropout.json"
+    argv = ["--rounds", "1", "--batch", "2", "--tokens", "8", "--vocab", "20", "--out", str(out)]
+    result = bench.main(argv)
+    assert json.loads(out.read_text()) == result
+    assert set(result["seconds_per_step"]) == {"none", "hidden", "attention"}
+    assert result["ratio_to_none"]["none"] == 1.0 and min(result["seconds_per_step"].values()) > 0
+    assert bench.build("attention", 0.2, 20).model.layers[0].self_attn.attention_dropout == 0.2
+    assert bench.build("hidden", 0.2, 20).model.layers[0].self_attn.attention_dropout == 0.0

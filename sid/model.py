@@ -248,7 +248,7 @@ def add_dropout(lm, p: float) -> int:
     step of the tiny model takes 2.2x as long with it, against 1.1x for this dropout
     (benchmarks/bench_dropout.py).
 
-    Returns the number of decoder layers found; raises ValueError when `p` is outside [0, 1)
+    Returns the number of decoder layers found (0 when `p` is 0: nothing is added); raises ValueError when `p` is outside [0, 1)
     or the LM has no `*.self_attn` / `*.mlp` blocks to put it on.
     """
     import torch.nn.functional as F

@@ -4,6 +4,7 @@ import json
 import logging
 
 import pytest
+import torch
 from conftest import pipeline_options, write_cycle_dataset
 
 from sid.evaluation import evaluate_run
@@ -151,3 +152,20 @@ def test_load_best_model_at_end_keeps_the_best_validated_step(dataset, tmp_path)
     assert common
     for key in common:
         assert (saved[key] == kept[key]).all(), key
+
+
+def test_ranker_lr_reaches_the_head_and_retrains_only_the_head(dataset, tmp_path, caplog):
+    from safetensors.torch import load_file
+
+    caplog.set_level(logging.INFO, logger="sid")
+    common = dict(prefixmem=False, ranker_eval_every=0)  # keep the last step, not step 0
+    run_dir = run_training(*options(dataset, tmp_path / "run", **common))
+    before = load_file(run_dir / "ranker" / "model.safetensors")
+    caplog.clear()
+    run_training(*options(dataset, tmp_path / "run", ranker_lr=0.05, **common))
+    assert "model: reused" in caplog.text and "ranking head: reused" not in caplog.text
+    after = load_file(run_dir / "ranker" / "model.safetensors")
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert moved, "a 50x learning rate left every weight of the head where it was"
+    with pytest.raises(ValueError, match="--ranker_lr 0.0 is not allowed"):
+        run_training(*options(dataset, tmp_path / "r", ranker_lr=0.0))

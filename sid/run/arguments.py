@@ -203,6 +203,10 @@ class ModelArguments:
         default=library_default(train_ranker, "steps"),
         metadata={"help": "Ranking head training steps."},
     )
+    ranker_lr: float = field(
+        default=library_default(train_ranker, "lr"),
+        metadata={"help": "Ranking head: AdamW learning rate."},
+    )
     ranker_beam_negatives: int = field(
         default=library_default(train_ranker, "n_beam_negatives"),
         metadata={"help": "Ranking head: beam-search negatives per example."},
@@ -685,6 +689,12 @@ def validate_arguments(
             "ranker_targets",
             margs.ranker_targets,
             "train or valid",
+        )
+        need(
+            math.isfinite(margs.ranker_lr) and margs.ranker_lr > 0,
+            "ranker_lr",
+            margs.ranker_lr,
+            "it must be a finite number > 0",
         )
         need(margs.ranker_tune_users >= 0, "ranker_tune_users", margs.ranker_tune_users, ">= 0")
         need(margs.ranker_eval_every >= 0, "ranker_eval_every", margs.ranker_eval_every, ">= 0")

@@ -32,6 +32,7 @@ from sid.run.arguments import (
     RunArguments,
     SIDArguments,
     SIDTrainingArguments,
+    library_default,
     parse_sizes,
     validate_arguments,
 )
@@ -581,6 +582,7 @@ def ranker_stage(
         "ranker",
         model_key,
         margs.ranker_steps,
+        *((margs.ranker_lr,) if margs.ranker_lr != library_default(train_ranker, "lr") else ()),
         margs.ranker_beam_negatives,
         margs.ranker_random_negatives,
         margs.ranker_features,
@@ -627,6 +629,7 @@ def ranker_stage(
         rec.sids,
         examples,
         steps=margs.ranker_steps,
+        lr=margs.ranker_lr,
         seed=seed,
         max_history=margs.max_items,
         n_beam_negatives=margs.ranker_beam_negatives,

@@ -42,8 +42,10 @@ For every run (leave-one-out, full ranking over the whole catalogue):
    users that pick a weight was seen by it.
 
 The table gives, per preset, the mean over its seeds and ± half the range between them.
-A run trained with data, SID or model options that differ from its preset (an ablation arm,
-e.g. `--preset ml1m --prefixmem True`) is labelled `ml1m + prefixmem=True` and gets rows of its own.
+A run trained with data, SID or model options, or weight-shaping training options (the
+model stage's, less the seed), that differ from its preset (an ablation arm, e.g. `--preset ml1m
+--prefixmem True` or `--label_smoothing_factor 0.1`) is labelled `ml1m + prefixmem=True` and
+gets rows of its own.
 Each evaluation stores the run's options, and the label is worked out against today's presets:
 once a preset switches an option on, the runs trained without it read `+ prefixmem=False`.
 Benching a run again adds the options to its entries stored before they were kept.
@@ -85,6 +87,26 @@ METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
 # The run's data, SID and model options that name an ablation arm; the ranker's own options
 # are left out (its rows are already separate) and so are the run's paths and threads.
 SECTIONS = {"data": "DataArguments", "sid": "SIDArguments", "model": "ModelArguments"}
+# The training options that shape the weights (the model stage's key) name an arm too, less the
+# seed: `--label_smoothing_factor 0.1` is an arm, another seed of it is not.
+NOT_AN_ARM = ("seed", "data_seed")
+
+
+def _training_arm(training_arguments: dict) -> dict:
+    from sid.run.stages import WEIGHT_OPTIONS
+
+    names = [k for k in WEIGHT_OPTIONS if k not in NOT_AN_ARM]
+    return {k: training_arguments[k] for k in names if k in training_arguments}
+
+
+def _preset_training(preset: str) -> dict:
+    """The weight-shaping training options `preset` gives, as a run stores them."""
+    from sid.run import arguments
+    from sid.run.stages import weight_options
+
+    parsed = arguments.arguments_from_dict(dict(arguments.PRESETS[preset]))
+    targs = next(a for a in parsed if isinstance(a, arguments.SIDTrainingArguments))
+    return _training_arm(weight_options(targs))
 
 
 def preset_label(options: dict) -> str | None:
@@ -115,6 +137,11 @@ def preset_label(options: dict) -> str | None:
             value = options[section][f.name]
             if str(value) != str(expected):
                 changed.append(f"{f.name}={value}")
+    if options.get("training"):  # arms stored before training options named arms have none
+        expected = _preset_training(preset)
+        for name, value in options["training"].items():
+            if name in expected and str(value) != str(expected[name]):
+                changed.append(f"{name}={value}")
     return " + ".join([preset, *changed])
 
 
@@ -127,6 +154,8 @@ def arm(options: dict) -> dict:
     for section in SECTIONS:
         given = options.get(section, {})
         out[section] = {k: v for k, v in given.items() if not k.startswith("ranker")}
+    if "training_arguments" in options:
+        out["training"] = _training_arm(options["training_arguments"])
     return out
 
 

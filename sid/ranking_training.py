@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import LongTensor
 
+from sid.metrics import ndcg_at_k
 from sid.ranking import (
     RankingHead,
     _weight_vector,
@@ -487,8 +488,8 @@ def _tune_ndcg(head: RankingHead, tuning: _TuneLists, served, none_class: int) -
         valid = labels != -100
         score = (probs @ served).where(valid, float("-inf"))
         positive = (valid & (labels != none_class)).float().argmax(-1)
-        rank = (score > score.gather(1, positive[:, None])).sum(1).float()
-        total += float(((rank < 10).float() / torch.log2(rank + 2)).sum())
+        ranked = score.topk(min(10, score.shape[1]), dim=1).indices
+        total += ndcg_at_k(ranked.cpu(), positive.cpu(), 10) * len(positive)
     return total / tuning.examples
 
 

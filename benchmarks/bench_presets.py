@@ -171,7 +171,7 @@ def summary(results: dict) -> dict:
     row = {k: results[k] for k in KEEP if k in results}
     row.update({k: results[k] for k in KINDS if k in results})
     row["arm"] = arm(options)
-    row["preset"] = preset_label(options)  # as labelled on the day it was benched
+    row["preset"] = preset_label(row["arm"])  # as labelled on the day it was benched
     row["seed"] = options.get("training_arguments", {}).get("seed")
     row["train_seconds"] = training.get("train_seconds")
     row["best_step"] = training.get("best_step")

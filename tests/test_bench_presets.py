@@ -212,6 +212,9 @@ def test_an_ablation_arm_gets_its_own_label_and_rows(bench):
     assert bench.preset_label(bench.arm(stored_options)) == "ml1m"
     training["label_smoothing_factor"] = 0.1
     assert bench.preset_label(bench.arm(stored_options)) == "ml1m + label_smoothing_factor=0.1"
+    assert (
+        bench.summary({"options": stored_options})["preset"] == "ml1m + label_smoothing_factor=0.1"
+    )
     done = {
         "runs/a|test|w=0": {**stored("ml1m", 0, **{"recall@10": 0.2}), "prior_weight": 0.0},
         "runs/b|test|w=0": {

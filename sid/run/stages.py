@@ -586,7 +586,11 @@ def ranker_stage(
         "ranker",
         model_key,
         margs.ranker_steps,
-        *((margs.ranker_lr,) if margs.ranker_lr != library_default(train_ranker, "lr") else ()),
+        *(
+            (("lr", margs.ranker_lr),)
+            if margs.ranker_lr != library_default(train_ranker, "lr")
+            else ()
+        ),
         margs.ranker_beam_negatives,
         margs.ranker_random_negatives,
         margs.ranker_features,

@@ -56,6 +56,7 @@ already there (`--redo` evaluates again).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -99,8 +100,9 @@ def _training_arm(training_arguments: dict) -> dict:
     return {k: training_arguments[k] for k in names if k in training_arguments}
 
 
+@functools.cache  # one TrainingArguments per preset, not one per labelled entry
 def _preset_training(preset: str) -> dict:
-    """The weight-shaping training options `preset` gives, as a run stores them."""
+    """The weight-shaping training options `preset` gives, as a run stores them (read only)."""
     from sid.run import arguments
     from sid.run.stages import weight_options
 

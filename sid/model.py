@@ -70,7 +70,7 @@ def tiny_config(vocab_size: int, **overrides):
 _TINY_FIXED = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
 
 
-def tiny_overrides(text: str | dict | None) -> dict:
+def tiny_overrides(text: str | None) -> dict:
     """`--tiny_config`: a JSON object of `LlamaConfig` settings for the tiny model (width,
     depth, heads…) → a checked dict ({} for none). Setting `num_attention_heads` alone also
     sets `num_key_value_heads`. Raises ValueError naming the option and the bad setting."""
@@ -78,12 +78,11 @@ def tiny_overrides(text: str | dict | None) -> dict:
 
     if not text:
         return {}
-    where = f"--tiny_config {text!r}" if isinstance(text, str) else "--tiny_config"
-    if isinstance(text, str):
-        try:
-            text = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where} is not JSON ({err.msg})") from None
+    where = f"--tiny_config {text!r}"
+    try:
+        text = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where} is not JSON ({err.msg})") from None
     if not isinstance(text, dict):
         raise ValueError(f'{where} must be a JSON object, e.g. {{"hidden_size": 256}}')
     known = LlamaConfig().to_dict()

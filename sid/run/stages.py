@@ -269,6 +269,7 @@ def model_stage(
         tokens_per_epoch,
     )
 
+    tiny = tiny_overrides(margs.tiny_config)  # {} unless --tiny_config
     key = fingerprint(
         "model",
         sid_key,
@@ -294,7 +295,7 @@ def model_stage(
         *((("slots", margs.slots, margs.slot_anchors),) if margs.slots > 1 else ()),
         *((("outcome_conditioning", False),) if not margs.outcome_conditioning else ()),
         *((("dropout", margs.dropout),) if margs.dropout else ()),
-        *((("tiny_config", tiny_overrides(margs.tiny_config)),) if margs.tiny_config else ()),
+        *((("tiny_config", tiny),) if tiny else ()),
     )
     check_compatible_run(run, sids, rargs.overwrite)
     if run.fresh("model", key, "model/sid_vocab.json"):
@@ -331,7 +332,7 @@ def model_stage(
         slots=margs.slots,
         conditioned=margs.outcome_conditioning,
         trust_remote_code=margs.trust_remote_code,
-        **tiny_overrides(margs.tiny_config),
+        **tiny,
     )
     if prefixmem is not None:
         prefixmem.attach(rec.lm, rec.vocab)

@@ -258,6 +258,20 @@ def test_a_stored_arm_is_labelled_against_the_presets_of_the_day(bench, tmp_path
     assert json.loads(path.read_text()) == after
 
 
+def test_the_large_preset_smooths_labels_and_runs_trained_without_are_an_arm(bench):
+    from sid.run.arguments import PRESETS
+
+    assert PRESETS["ml1m-large"]["label_smoothing_factor"] == 0.1
+    assert "label_smoothing_factor" not in PRESETS["ml1m"]  # the 40-minute preset is unchanged
+    training = {**bench._preset_training("ml1m-large"), "seed": 1}
+    assert training["label_smoothing_factor"] == 0.1
+    run = {"run": {"preset": "ml1m-large"}, "training_arguments": training}
+    assert bench.preset_label(bench.arm(run)) == "ml1m-large"
+    plain = {"run": {"preset": "ml1m-large"}, "training_arguments": {**training, "seed": 0}}
+    plain["training_arguments"]["label_smoothing_factor"] = 0.0
+    assert bench.preset_label(bench.arm(plain)) == "ml1m-large + label_smoothing_factor=0.0"
+
+
 def test_benches_side_by_side_keep_each_others_entries(bench, tmp_path):
     import threading
 
